@@ -480,3 +480,53 @@ def test_lora_gradients_reach_only_the_factors_when_the_base_is_frozen():
     assert model.qkv_proj._lora_A.grad is not None and model.qkv_proj._lora_B.grad is not None
     opt = AdamATan2([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     opt.step()  # frozen bases have no grad and are skipped
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# LoRA on the real model
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_lora_on_the_default_trm_trains_exactly_the_fork_parameter_count():
+    from trm_kaggle.model import TinyRecursiveModel, TRMConfig
+
+    model = TinyRecursiveModel(TRMConfig(num_puzzle_identifiers=2))
+    wrapped = apply_lora(model, rank=1, alpha=16)
+    assert sorted(wrapped) == sorted(
+        ["lm_head", "q_head"]
+        + [f"L_level.layers.{i}.{m}" for i in (0, 1) for m in ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")]
+    )
+    # §8.5: with r = 1 the AdamAtan2-trained values are the LoRA factors plus embed_tokens, 24,590 in total
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 24_590
+    assert model.state_dict()["L_level.layers.0.mlp.down_proj._lora_A"].shape == (1, 1536)
+    assert model.state_dict()["lm_head._lora_B"].shape == (12, 1)
+    assert model.embed_tokens.embedding_weight.requires_grad
+
+
+def test_merged_lora_trm_predicts_the_same_as_the_unmerged_one():
+    from trm_kaggle.model import TinyRecursiveModel, TRMConfig
+
+    torch.manual_seed(0)
+    config = TRMConfig(
+        hidden_size=64, num_heads=2, L_layers=1, H_cycles=2, L_cycles=2, puzzle_emb_ndim=64, puzzle_emb_len=2,
+        forward_dtype="float32", num_puzzle_identifiers=8,
+    )
+    model = TinyRecursiveModel(config)
+    with torch.no_grad():
+        model.puzzle_emb.weights.normal_()
+    inputs = torch.randint(0, 12, (2, 900))
+    ids = torch.tensor([1, 5])
+    base_logits, base_q = model.predict(inputs, ids, act_steps=2)
+    apply_lora(model, rank=1, alpha=16)
+    logits, q = model.predict(inputs, ids, act_steps=2)
+    assert torch.equal(logits, base_logits) and torch.equal(q, base_q)  # B = 0: unchanged until trained
+    randomise_lora(model)
+    lora_logits, lora_q = model.predict(inputs, ids, act_steps=2)
+    assert (lora_logits - base_logits).abs().max() > 1.0  # the branch matters, so a wrong merge could not hide
+    merge_lora(model)
+    merged_logits, merged_q = model.predict(inputs, ids, act_steps=2)
+    # The recursion (here 12 block applications, post-norm) amplifies f32 rounding: merged vs unmerged differ by
+    # ~1.8e-3 on logits of size ~4, the same as scaling every weight by (1 + 1e-7) does, so that is the tolerance.
+    torch.testing.assert_close(merged_logits, lora_logits, rtol=0, atol=5e-3)
+    torch.testing.assert_close(merged_q, lora_q, rtol=0, atol=5e-3)
+    assert list(model.state_dict()) == list(TinyRecursiveModel(config).state_dict())
