@@ -1,4 +1,4 @@
-"""Tests for trm_kaggle/optim.py: each rule is checked against a plain per-element reference written from TRM_FACTS §5/§8."""
+"""Tests for trm_kaggle/optim.py: each rule against a plain per-parameter reference written from TRM_FACTS §5/§8."""
 
 from __future__ import annotations
 
@@ -494,7 +494,11 @@ def test_lora_on_the_default_trm_trains_exactly_the_fork_parameter_count():
     wrapped = apply_lora(model, rank=1, alpha=16)
     assert sorted(wrapped) == sorted(
         ["lm_head", "q_head"]
-        + [f"L_level.layers.{i}.{m}" for i in (0, 1) for m in ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")]
+        + [
+            f"L_level.layers.{i}.{m}"
+            for i in (0, 1)
+            for m in ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
+        ]
     )
     # §8.5: with r = 1 the AdamAtan2-trained values are the LoRA factors plus embed_tokens, 24,590 in total
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 24_590

@@ -8,7 +8,8 @@ Everything here is plain PyTorch (no compiled extension), so it runs the same on
     for step in range(1, total_steps + 1):
         f = lr_factor(step, warmup_steps, total_steps)
         ...backward...
-        table.step(ids, local_weights.grad, lr=f * 1e-2)          # or all_gather_rows(...) first
+        emb = model.puzzle_emb                                      # rows of this batch, see model.PuzzleEmbedding
+        table.step(emb.last_ids, emb.last_rows.grad, lr=f * 1e-2)   # gather=all_gather_rows when distributed
         if trunk_active(step, "embeddings-then-full", total_steps):
             if step == first_trunk_step("embeddings-then-full", total_steps):
                 trunk.reset_state()                                 # fresh moments, as the fork
@@ -164,8 +165,8 @@ def _adam_atan2_foreach(
     else:
         ratio, step_size = math.sqrt(bias2) / (bias1 * b), lr * a
     # PyTorch has no _foreach_atan2, so use atan2(y, x) = atan(y / x) for x >= 0. Clamping x at the smallest normal
-    # float keeps 0/0 (an element whose gradient has always been exactly zero, e.g. rows of absent tokens) at atan(0) = 0,
-    # as atan2(0, 0) is, and turns y/0 into a huge ratio whose atan is +-pi/2, as atan2(y, 0) is.
+    # float keeps 0/0 (an element whose gradient has always been exactly zero, e.g. rows of absent tokens) at
+    # atan(0) = 0, as atan2(0, 0) is, and turns y/0 into a huge ratio whose atan is +-pi/2, as atan2(y, 0) is.
     denom = torch._foreach_sqrt(exp_avg_sqs)
     torch._foreach_div_(denom, ratio)
     torch._foreach_clamp_min_(denom, torch.finfo(params[0].dtype).tiny)
@@ -194,7 +195,8 @@ def sparse_sign_sgd_(weights: Tensor, ids: Tensor, grads: Tensor, lr: float, wei
     """
     if ids.ndim != 1 or grads.ndim != 2 or grads.shape[0] != ids.shape[0] or grads.shape[1] != weights.shape[1]:
         raise ConfigError(
-            f"sparse_sign_sgd_: need ids [N] and grads [N, {weights.shape[1]}], got {tuple(ids.shape)} and {tuple(grads.shape)}"
+            f"sparse_sign_sgd_: need ids [N] and grads [N, {weights.shape[1]}], "
+            f"got {tuple(ids.shape)} and {tuple(grads.shape)}"
         )
     n = ids.shape[0]
     if n == 0:
@@ -269,7 +271,7 @@ class SparseSignSGD:
         sparse_sign_sgd_(self.weights, ids, grads, group["lr"] if lr is None else lr, group["weight_decay"])
 
     def state_dict(self) -> dict:
-        # The table itself lives in the model's state dict; this holds the hyper-parameters only (sign-SGD is stateless).
+        # The table lives in the model's state dict; this holds the hyper-parameters only (sign-SGD is stateless).
         return {"param_groups": [dict(g) for g in self.param_groups]}
 
     def load_state_dict(self, state: dict) -> None:
@@ -353,7 +355,9 @@ class EMA:
             raise CheckpointError(f"EMA state does not match the model: unexpected {extra[:3]}, missing {missing[:3]}")
         for name, s in shadow.items():
             if s.shape != self.shadow[name].shape:
-                raise CheckpointError(f"EMA state {name!r} has shape {tuple(s.shape)}, model {tuple(self.shadow[name].shape)}")
+                raise CheckpointError(
+                    f"EMA state {name!r} has shape {tuple(s.shape)}, the model {tuple(self.shadow[name].shape)}"
+                )
             self.shadow[name].copy_(s)
         self.rate = state.get("rate", self.rate)
 
