@@ -356,6 +356,10 @@ def load_solutions(solutions: "str | os.PathLike | Mapping[str, Any]") -> dict[s
         raise TaskFileError(f"solutions {path} is not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise TaskFileError(f"solutions {path} is a JSON {type(data).__name__}, not an object keyed by task id")
+    for task_id, outputs in data.items():
+        if not isinstance(outputs, list):
+            raise TaskFileError(f"solutions {path}: task {task_id!r} is a {type(outputs).__name__}, "
+                                "not a list of output grids")
     return data
 
 
