@@ -91,7 +91,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def _predict_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, metavar="DIR", help="checkpoint folder (model.safetensors + manifest.json)")
+    p.add_argument("--checkpoint", required=True, metavar="DIR",
+                   help="checkpoint folder (model.safetensors + manifest.json)")
     p.add_argument("--challenges", required=True, metavar="FILE", help="challenges file (.json or .json.gz)")
     p.add_argument("--augmentations", required=True, type=int, metavar="N",
                    help="variants per task, identity included (each one votes once per test input)")
