@@ -26,7 +26,8 @@ from torch import nn
 
 from .errors import ConfigError
 
-_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+# float64 exists for semantic tests against an independent reference; upstream only uses bf16 and f32.
+_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16, "float64": torch.float64}
 
 
 @dataclass
@@ -122,7 +123,7 @@ def trunc_normal_init_(tensor: torch.Tensor, std: float = 1.0, lower: float = -2
 def rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
     """Weightless RMSNorm with statistics in float32."""
     dtype = x.dtype
-    x = x.to(torch.float32)
+    x = x.to(torch.promote_types(dtype, torch.float32))  # f32 for bf16/f32 (upstream); f64 stays f64
     x = x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
     return x.to(dtype)
 
@@ -192,7 +193,8 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
     """RoPE on [B, T, heads, head_dim] in float32, cast back (half-split convention)."""
     dtype = q.dtype
-    q, k = q.to(cos.dtype), k.to(cos.dtype)
+    work = torch.promote_types(dtype, cos.dtype)  # f32 tables: f32 for bf16/f32 (upstream); f64 stays f64
+    q, k = q.to(work), k.to(work)
     cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
     q = q * cos + _rotate_half(q) * sin
     k = k * cos + _rotate_half(k) * sin
