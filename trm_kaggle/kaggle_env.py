@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import re
 import signal
@@ -38,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
 
+# budget and errors import only the standard library, so this module still imports from a bare wheel.
+from .budget import parse_duration
 from .errors import CheckpointError, ConfigError, TaskFileError, TrmKaggleError
 
 log = logging.getLogger("trm_kaggle.kaggle_env")
@@ -146,7 +147,7 @@ def detect_environment(
         out_dir=out,
         challenges=optional_path("TRM_KAGGLE_CHALLENGES"),
         checkpoint=optional_path("TRM_KAGGLE_CHECKPOINT"),
-        budget_override_s=parse_duration(budget) if budget else None,
+        budget_override_s=budget_from_text(budget) if budget else None,
         keep_going=is_rerun or environ.get("TRM_KAGGLE_KEEP_GOING", "") not in ("", "0"),
     )
 
@@ -161,20 +162,16 @@ def describe(env: Env) -> str:
 
 # ------------------------------------------------------------------------------------------- budget
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*$", re.IGNORECASE)
-_UNIT_S = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str) -> float:
-    """'90' / '90s' -> 90.0, '15m' -> 900.0, '2h' -> 7200.0; anything else is a ConfigError."""
-    match = _DURATION.match(str(text))
-    if match is None or float(match.group(1)) <= 0:
-        raise ConfigError(f"budget {text!r} is not a positive duration such as 90, 90s, 15m or 12h")
-    return float(match.group(1)) * _UNIT_S[match.group(2).lower()]
+def budget_from_text(text: str) -> float:
+    """TRM_KAGGLE_BUDGET in seconds ('90', '90s', '15m', '2h', '1h30m'), read as the CLI reads --budget."""
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise ConfigError(f"budget {text!r} must be more than zero")
+    return seconds
 
 
 def format_duration(seconds: float) -> str:
-    """Whole seconds with an 's', the form parse_duration and the CLI's --budget both read."""
+    """Whole seconds with an 's', a form the CLI's --budget reads (budget.parse_duration)."""
     return f"{max(1, int(seconds))}s"
 
 
