@@ -260,10 +260,12 @@ def test_a_task_id_repeated_in_one_file_keeps_the_first_with_one_warning(tmp_pat
 def test_a_key_repeated_inside_a_task_makes_it_invalid(tmp_path: Path, caplog) -> None:
     pair = '{"input": [[1]], "output": [[2]], "input": [[3]]}'
     path = tmp_path / "c.json"
-    path.write_text(f'{{"dup": {{"train": [{pair}], "test": [{{"input": [[1]]}}]}}, "{A}": {json.dumps(RAW_SMALL[A])}}}')
+    dup = f'{{"train": [{pair}], "test": [{{"input": [[1]]}}]}}'
+    path.write_text(f'{{"dup": {dup}, "{A}": {json.dumps(RAW_SMALL[A])}}}')
     with caplog.at_level(logging.INFO, logger=LOGGER):
         loaded = load_tasks(path)
-    assert loaded.invalid["dup"].field == "train[0]" and "'input' appears more than once" in loaded.invalid["dup"].reason
+    assert loaded.invalid["dup"].field == "train[0]"
+    assert "'input' appears more than once" in loaded.invalid["dup"].reason
     assert A in loaded.tasks
     assert len(messages_about(caplog, "dup")) == 1
 
@@ -379,8 +381,11 @@ json_like = st.recursive(
     json_leaf, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
     max_leaves=30,
 )
+
+
 def rectangular(cells: st.SearchStrategy) -> st.SearchStrategy:
-    return st.integers(1, 4).flatmap(lambda w: st.lists(st.lists(cells, min_size=w, max_size=w), min_size=1, max_size=4))
+    row = st.integers(1, 4).map(lambda w: st.lists(cells, min_size=w, max_size=w))
+    return row.flatmap(lambda r: st.lists(r, min_size=1, max_size=4))
 
 
 def task_of(grid: st.SearchStrategy, pair_extra: st.SearchStrategy) -> st.SearchStrategy:
