@@ -132,6 +132,7 @@ MALFORMED = {
     "0x0 grid": (broken(["train", 0, "input"], []), "train[0].input", "0 rows"),
     "rows without cells": (broken(["train", 0, "input"], [[]]), "train[0].input", "0 columns"),
     "grid not a list": (broken(["train", 0, "input"], "[[1]]"), "train[0].input", "got string"),
+    "grid an object": (broken(["train", 0, "input"], {"0": [1]}), "train[0].input", "got object"),
     "row not a list": (broken(["train", 0, "input"], [[1], 2]), "train[0].input", "row 1 is integer"),
     "train pair without output": (broken(["train", 1, "output"], DELETE), "train[1].output", "missing"),
     "test pair not an object": (broken(["test", 0], [[1]]), "test[0]", "expected an object"),
@@ -255,6 +256,15 @@ def test_a_task_id_repeated_in_one_file_keeps_the_first_with_one_warning(tmp_pat
     assert loaded.tasks[A].train[0].input.tolist() == RAW_SMALL[A]["train"][0]["input"]
     [message] = messages_about(caplog, A)
     assert "more than once" in message
+
+
+def test_a_task_id_repeated_in_the_solutions_keeps_the_first_with_one_warning(tmp_path: Path, caplog) -> None:
+    path = tmp_path / "s.json"
+    path.write_text(f'{{"{A}": {json.dumps(RAW_SOLUTIONS[A])}, "{A}": [[[1]]]}}')
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        loaded = load_tasks(SMALL_CHALLENGES, path)
+    assert loaded.tasks[A].test[0].output.tolist() == RAW_SOLUTIONS[A][0]
+    assert [m for m in messages_about(caplog, A) if "more than once" in m and "s.json" in m]
 
 
 def test_a_key_repeated_inside_a_task_makes_it_invalid(tmp_path: Path, caplog) -> None:

@@ -171,8 +171,13 @@ def _read_json_object(path: str | Path, role: str) -> dict:
 
 
 def _kind(value: Any) -> str:
-    names = {dict: "object", list: "list", str: "string", bool: "boolean", int: "integer", float: "number"}
-    return "null" if value is None else names.get(type(value), type(value).__name__)
+    """The JSON name of a parsed value's type (bool before int: True is an int to Python)."""
+    if value is None:
+        return "null"
+    for kind, name in ((bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"), (list, "list")):
+        if isinstance(value, kind):
+            return name
+    return "object" if isinstance(value, dict) else type(value).__name__
 
 
 def _short(value: Any) -> str:
@@ -345,8 +350,9 @@ def load_tasks(challenges: str | Path, solutions: str | Path | None = None) -> T
     raw_solutions = None if solutions is None else _read_json_object(solutions, "solutions")
     source = str(challenges)
 
-    for task_id in _duplicate_keys(raw):
-        log.warning("task %r appears more than once in %s; the first one is kept", task_id, source)
+    for data, path in ((raw, challenges), (raw_solutions, solutions)):
+        for task_id in _duplicate_keys(data or {}):
+            log.warning("task %r appears more than once in %s; the first one is kept", task_id, path)
 
     task_set = TaskSet(source=source, task_ids=list(raw), tasks={}, invalid={})
     for task_id, raw_task in raw.items():
