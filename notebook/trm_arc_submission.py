@@ -44,7 +44,7 @@ print(kaggle_env.describe(env), f"| run budget {BUDGET_S / 3600:.2f} h")
 
 # %%
 with kaggle_env.stage(env, "install"):
-    print("installed:", kaggle_env.install_offline(kaggle_env.find_wheel_dir(env)) or "nothing needed")
+    print("installed:", kaggle_env.ensure_installed(env) or "nothing needed")
 
 # %% [markdown]
 # ## 4. Locate the tasks

@@ -188,17 +188,9 @@ def _cli_has_run_command() -> bool:
     return "run" in getattr(cli, "COMMANDS", {})
 
 
-@pytest.mark.slow
-def test_generated_notebook_runs_headless_on_cpu_and_leaves_a_valid_submission(tmp_path, monkeypatch):
-    if not _cli_has_run_command():
-        pytest.skip("trm_kaggle.cli has no `run` command yet; this test runs the notebook end to end once it lands")
-    nbformat = pytest.importorskip("nbformat")
-    execute = pytest.importorskip("nbconvert.preprocessors")
-    from trm_kaggle.checkpoint import save_checkpoint
-    from trm_kaggle.model import TinyRecursiveModel, TRMConfig
-    from trm_kaggle.submission import validate_submission
-
-    # A Kaggle-like tree: three real tasks, the wheels and a tiny checkpoint under made-up dataset names.
+def kaggle_input_tree(tmp_path: Path, with_checkpoint: bool) -> tuple[Path, Path]:
+    """input/ as Kaggle mounts it: three real tasks, the wheels, and (optionally) a tiny checkpoint, under
+    dataset names the notebook cannot know. Returns (input root, challenges file)."""
     inputs = tmp_path / "input"
     (inputs / "arc-prize-2025").mkdir(parents=True)
     tasks = dict(list(json.loads(SMALL.read_text()).items())[:3])
@@ -206,21 +198,55 @@ def test_generated_notebook_runs_headless_on_cpu_and_leaves_a_valid_submission(t
     challenges.write_text(json.dumps(tasks))
     shutil.copytree(REPO / build_notebook.WHEEL_DIR, inputs / "my-wheels", ignore=shutil.ignore_patterns("trm_kaggle-*.whl"))
     build_notebook.build_package_wheel(REPO, inputs / "my-wheels")
-    config = TRMConfig(hidden_size=64, num_heads=2, puzzle_emb_ndim=64, puzzle_emb_len=2, H_cycles=1, L_cycles=1,
-                       halt_max_steps=2, forward_dtype="float32")
-    save_checkpoint(TinyRecursiveModel(config), inputs / "trm-checkpoint" / "other" / "1" / "tiny")
+    if with_checkpoint:
+        from trm_kaggle.checkpoint import save_checkpoint
+        from trm_kaggle.model import TinyRecursiveModel, TRMConfig
+
+        config = TRMConfig(hidden_size=64, num_heads=2, puzzle_emb_ndim=64, puzzle_emb_len=2, H_cycles=1,
+                           L_cycles=1, halt_max_steps=2, forward_dtype="float32")
+        save_checkpoint(TinyRecursiveModel(config), inputs / "trm-checkpoint" / "other" / "1" / "tiny")
+    return inputs, challenges
+
+
+def execute_notebook(environ: dict[str, object], monkeypatch) -> list[str]:
+    """Run the generated notebook in a real "python3" kernel from the checkout; each code cell's stdout (log
+    lines go to stderr and are left out)."""
+    nbformat = pytest.importorskip("nbformat")
+    execute = pytest.importorskip("nbconvert.preprocessors")
+    pytest.importorskip("ipykernel")
+    for name, value in environ.items():
+        monkeypatch.setenv(name, str(value))  # the kernel inherits this process's environment
+    nb = nbformat.reads(build_notebook.render_notebook(REPO).decode(), as_version=4)
+    execute.ExecutePreprocessor(timeout=600, kernel_name="python3").preprocess(nb, {"metadata": {"path": str(REPO)}})
+    return ["".join(out.get("text", "") for out in cell.outputs if out.get("name") == "stdout")
+            for cell in nb.cells if cell.cell_type == "code"]
+
+
+def test_notebook_on_the_rerun_still_leaves_a_valid_submission_when_the_checkpoint_is_missing(tmp_path, monkeypatch):
+    from trm_kaggle.submission import validate_submission
+
+    inputs, challenges = kaggle_input_tree(tmp_path, with_checkpoint=False)
     working = tmp_path / "working"
     working.mkdir()
-    for name, value in {"TRM_KAGGLE_INPUT_ROOT": inputs, "TRM_KAGGLE_WORKING_DIR": working,
-                        "TRM_KAGGLE_OUT": working, "TRM_KAGGLE_BUDGET": "2m"}.items():
-        monkeypatch.setenv(name, str(value))
+    outputs = execute_notebook({"KAGGLE_IS_COMPETITION_RERUN": "True", "TRM_KAGGLE_INPUT_ROOT": inputs,
+                                "TRM_KAGGLE_WORKING_DIR": working, "TRM_KAGGLE_BUDGET": "1m"}, monkeypatch)
+    assert "[checkpoint] FAILED" in "".join(outputs)  # it raised, and the notebook went on
+    assert outputs[-1].startswith("valid")
+    assert validate_submission(working / "submission.json", challenges) == []
 
-    nb = nbformat.reads(build_notebook.render_notebook(REPO).decode(), as_version=4)
-    runner = execute.ExecutePreprocessor(timeout=600, kernel_name="python3")
-    runner.preprocess(nb, {"metadata": {"path": str(REPO)}})  # the checkout is importable from there
 
-    submission = working / "submission.json"
-    assert validate_submission(submission, challenges) == []
+@pytest.mark.slow
+def test_generated_notebook_runs_headless_on_cpu_and_leaves_a_valid_submission(tmp_path, monkeypatch):
+    if not _cli_has_run_command():
+        pytest.skip("trm_kaggle.cli has no `run` command yet; this test runs the notebook end to end once it lands")
+    from trm_kaggle.submission import validate_submission
+
+    inputs, challenges = kaggle_input_tree(tmp_path, with_checkpoint=True)
+    working = tmp_path / "working"
+    working.mkdir()
+    outputs = execute_notebook({"TRM_KAGGLE_INPUT_ROOT": inputs, "TRM_KAGGLE_WORKING_DIR": working,
+                                "TRM_KAGGLE_OUT": working, "TRM_KAGGLE_BUDGET": "2m"}, monkeypatch)
+    assert validate_submission(working / "submission.json", challenges) == []
     assert (working / "report.json").is_file()
-    last = "".join(out.get("text", "") for out in nb.cells[-1].outputs)
-    assert last.startswith("valid"), last  # the run's own file, not a repair of a dead run
+    assert "--- exit code 0 ---" in "".join(outputs)
+    assert outputs[-1].startswith("valid"), outputs[-1]  # the run's own file, not a repair of a dead run

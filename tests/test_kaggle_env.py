@@ -224,9 +224,12 @@ def test_a_failing_stage_is_swallowed_on_the_rerun_and_raised_elsewhere(kaggle, 
             raise CheckpointError("no checkpoint")
 
 
-def test_install_does_nothing_when_the_package_is_already_importable(tmp_path):
+def test_install_does_nothing_when_the_package_is_already_importable(tmp_path, monkeypatch):
     # From the repository root the checkout itself is importable, as in a local run of the notebook.
     assert kaggle_env.install_offline(tmp_path, cwd=REPO) == []
+    monkeypatch.chdir(REPO)
+    nowhere = kaggle_env.detect_environment(environ={"TRM_KAGGLE_INPUT_ROOT": str(tmp_path)}, n_gpus=0)
+    assert kaggle_env.ensure_installed(nowhere) == []  # no wheel folder needed, so none looked for
 
 
 def test_results_are_shown_from_the_report_and_a_missing_report_is_not_an_error(tmp_path, capsys):

@@ -366,6 +366,15 @@ def install_offline(
     return installed
 
 
+def ensure_installed(env: Env) -> list[str]:
+    """install_offline from the attached wheel folder, which is looked for only when trm_kaggle is missing
+    (a local checkout needs no wheels at all)."""
+    if _importable_version(sys.executable, None) is not None:
+        log.info("trm_kaggle already importable; nothing to install")
+        return []
+    return install_offline(find_wheel_dir(env))
+
+
 # ------------------------------------------------------------------------------------------- run
 
 
