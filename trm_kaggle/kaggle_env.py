@@ -207,16 +207,16 @@ def _walk_dirs(root: Path, max_depth: int = MAX_SEARCH_DEPTH) -> Iterator[Path]:
             if real in seen:
                 continue
             seen.add(real)
-            children = sorted(
-                (entry for entry in os.scandir(folder) if entry.is_dir() and entry.name not in _SKIP_DIRS),
-                key=lambda entry: entry.name,
-                reverse=True,  # popped from the end, so visited in ascending order
-            )
+            with os.scandir(folder) as entries:
+                children = sorted(
+                    (entry.name for entry in entries if entry.is_dir() and entry.name not in _SKIP_DIRS),
+                    reverse=True,  # popped from the end, so visited in ascending order
+                )
         except OSError:  # unreadable mount or a dangling link: not where our files are
             continue
         yield folder
         if depth < max_depth:
-            stack.extend((Path(entry.path), depth + 1) for entry in children)
+            stack.extend((folder / name, depth + 1) for name in children)
 
 
 def _pick(found: list[Path], what: str) -> Path:
