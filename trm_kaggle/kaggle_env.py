@@ -344,11 +344,24 @@ def install_offline(
 
     Returns the distributions pip installed ("name-version"), [] when nothing was needed.
     """
-    wheel_dir = Path(wheel_dir)
     present = _importable_version(python, cwd)
     if present is not None:
         log.info("trm_kaggle %s already importable; nothing to install", present)
         return []
+    return _pip_install(Path(wheel_dir), python, cwd)
+
+
+def ensure_installed(env: Env) -> list[str]:
+    """install_offline from the attached wheel folder, which is looked for only when trm_kaggle is missing
+    (a local checkout needs no wheels at all)."""
+    present = _importable_version(sys.executable, None)
+    if present is not None:
+        log.info("trm_kaggle %s already importable; nothing to install", present)
+        return []
+    return _pip_install(find_wheel_dir(env), sys.executable, None)
+
+
+def _pip_install(wheel_dir: Path, python: str, cwd: str | os.PathLike | None) -> list[str]:
     wanted = _wheel_version(wheel_dir)
     if wanted is None:
         raise TrmKaggleError(f"no {WHEEL_GLOB} in {wheel_dir}")
@@ -364,15 +377,6 @@ def install_offline(
             installed = line.split()[2:]
     log.info("installed from %s: %s", wheel_dir, ", ".join(installed) or "nothing new")
     return installed
-
-
-def ensure_installed(env: Env) -> list[str]:
-    """install_offline from the attached wheel folder, which is looked for only when trm_kaggle is missing
-    (a local checkout needs no wheels at all)."""
-    if _importable_version(sys.executable, None) is not None:
-        log.info("trm_kaggle already importable; nothing to install")
-        return []
-    return install_offline(find_wheel_dir(env))
 
 
 # ------------------------------------------------------------------------------------------- run
