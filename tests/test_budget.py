@@ -259,17 +259,32 @@ def test_planner_picks_512_variants_when_they_fit():
 
 def test_planner_falls_back_to_256_when_512_does_not_fit():
     # 512 variants take 1 h raw, 1.5 h with safety; 256 take 0.75 h with safety.
-    p = plan(1.2 * HOUR, Throughput(L4_STEP_S, L4_VARIANT_S), EVAL2_TEST_INPUTS)
+    p = plan(1.2 * HOUR, Throughput(L4_STEP_S, L4_VARIANT_S), EVAL2_TEST_INPUTS, PlanOptions(max_infer_fraction=1.0))
     assert p.infer_variants == 256 and p.fits and p.train_steps > 0
 
 
 def test_planner_runs_as_many_variants_as_fit_below_256():
-    p = plan(0.5 * HOUR, Throughput(L4_STEP_S, L4_VARIANT_S), EVAL2_TEST_INPUTS)
+    p = plan(0.5 * HOUR, Throughput(L4_STEP_S, L4_VARIANT_S), EVAL2_TEST_INPUTS, PlanOptions(max_infer_fraction=1.0))
     assert 1 <= p.infer_variants < 256 and p.fits
     assert p.infer_seconds_planned * p.safety_factor + p.slack_s <= p.remaining_s - p.reserve_s
     # one more variant would not have fitted
     per_variant = EVAL2_TEST_INPUTS * L4_VARIANT_S
     assert (p.infer_variants + 1) * per_variant * 1.5 + p.slack_s > p.remaining_s - p.reserve_s
+
+
+def test_planner_keeps_inference_to_its_share_so_a_short_run_still_trains():
+    p = plan(0.5 * HOUR, Throughput(L4_STEP_S, L4_VARIANT_S), EVAL2_TEST_INPUTS)  # default share: half
+    usable = p.remaining_s - p.reserve_s
+    assert p.fits and p.infer_seconds_reserved <= 0.5 * usable and p.train_steps > 0
+    per_variant = EVAL2_TEST_INPUTS * L4_VARIANT_S
+    assert (p.infer_variants + 1) * per_variant * 1.5 + p.slack_s > 0.5 * usable
+
+
+def test_planner_keeps_the_minimum_inference_even_beyond_its_share():
+    tp = Throughput(L4_STEP_S, infer_variant_s=2.0)  # one variant: 172 x 2 s x 1.5 = 516 s of 900 s usable
+    p = plan(900 + 45, tp, EVAL2_TEST_INPUTS, PlanOptions(reserve_s=45, slack_s=0))
+    assert p.fits and p.infer_variants == 1 and "minimum" in p.reason
+    assert p.train_seconds == pytest.approx(900 - 516)
 
 
 def test_planner_gives_training_nothing_when_even_one_variant_does_not_fit():

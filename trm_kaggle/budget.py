@@ -366,8 +366,13 @@ class PlanOptions:
     min_variants: int = 1
     max_variants: int | None = None
     max_steps: int | None = None
+    # Inference may take at most this share of the usable time (beyond its minimum), so a short run still trains:
+    # on Kaggle 512 variants take ~10% of 12 h and the cap never binds; in a 5-minute CPU rehearsal it does.
+    max_infer_fraction: float = 0.5
 
     def __post_init__(self) -> None:
+        if isinstance(self.max_infer_fraction, bool) or not 0.0 < float(self.max_infer_fraction) <= 1.0:
+            raise ConfigError(f"max_infer_fraction must be in (0, 1], got {self.max_infer_fraction!r}")
         if self.reserve_s is not None:
             _seconds(self.reserve_s, "reserve_s")
         if self.slack_s is not None:
@@ -451,18 +456,22 @@ def plan(
     def reserved(v: int) -> float:
         return safety * per_variant * v + slack
 
+    room = usable * float(options.max_infer_fraction)
     variants: int | None = None
     for v in sorted({int(min(p, cap)) for p in options.preferred_variants}, reverse=True):
-        if v >= floor_v and reserved(v) <= usable:
+        if v >= floor_v and reserved(v) <= room:
             variants, why = v, f"{v} variants fit"
             break
-    if variants is None and usable >= slack:
-        fit = math.floor((usable - slack) / (safety * per_variant)) if per_variant > 0 else max(floor_v, 1)
+    if variants is None and room >= slack:
+        fit = math.floor((room - slack) / (safety * per_variant)) if per_variant > 0 else max(floor_v, 1)
         fit = int(min(fit, cap))
-        while fit > 0 and reserved(fit) > usable:  # guard against rounding in the division above
+        while fit > 0 and reserved(fit) > room:  # guard against rounding in the division above
             fit -= 1
         if fit >= floor_v:
             variants, why = fit, f"only {fit} variants fit"
+    if variants is None and reserved(floor_v) <= usable:
+        # The minimum inference exceeds inference's share but fits: keep it, training gets what is left.
+        variants, why = floor_v, f"only the minimum {floor_v} variant(s) fit beside training"
 
     if variants is None:
         return Plan(
@@ -546,6 +555,7 @@ def replan(
         max_variants=max_variants,
         min_variants=min(base.min_variants, max_variants),
         max_steps=max_steps,
+        max_infer_fraction=1.0,  # a replan protects inference: training gives way first, whatever its share
     )
     n = previous.n_test_inputs if n_test_inputs is None else n_test_inputs
     new = plan(budget_remaining_s, throughput, n, opts)

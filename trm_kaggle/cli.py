@@ -17,6 +17,7 @@ import argparse
 import logging
 import sys
 import time
+from pathlib import Path
 from typing import Callable, Sequence
 
 from .errors import TrmKaggleError
@@ -184,6 +185,208 @@ def cmd_predict(args: argparse.Namespace) -> int:
     write_submission(submission, args.out)
     print(f"{args.out}: {done} jobs, {book.num_votes()} votes, {time.monotonic() - started:.1f} s",
           file=sys.stderr)
+    return 0
+
+
+# ------------------------------------------------------------------------------------- run / rehearse / pretrain
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CHECKPOINT = _REPO_ROOT / "checkpoints" / "trm-cpu-small"
+DEFAULT_CHALLENGES = _REPO_ROOT / "sample_data" / "arc-agi_test_challenges.json"
+
+
+def _train_arguments(p: argparse.ArgumentParser, pretraining: bool = False) -> None:
+    from .train import TrainConfig
+
+    d = TrainConfig()
+    g = p.add_argument_group("training (defaults: the paper's post-training recipe)")
+    g.add_argument("--mode", default=d.mode, choices=["full", "embeddings", "embeddings-then-full", "lora"],
+                   help="what post-training updates (default full: the paper's winner)")
+    g.add_argument("--embeddings-fraction", type=float, default=d.embeddings_fraction,
+                   help="embeddings-then-full: share of steps with the trunk frozen (default 0.25)")
+    g.add_argument("--lr", type=float, default=1e-4 if pretraining else d.lr,
+                   help="trunk AdamATan2 LR (post-training default 2e-4, the paper's text at batch 384; "
+                        "the fork's configs use 1e-4)")
+    g.add_argument("--emb-lr", type=float, default=1e-2 if pretraining else d.emb_lr,
+                   help="task-embedding sign-SGD LR (default 2e-2 post-training)")
+    g.add_argument("--adam-variant", default=d.adam_variant, choices=["fork", "upstream"],
+                   help="fork: adam-atan2-pytorch rule (a=1.27), used for the paper's models; upstream: adam-atan2")
+    g.add_argument("--global-batch", type=int, default=d.global_batch_size, help="global batch (default 384)")
+    g.add_argument("--micro-batch", type=int, default=None, help="rows per forward on one rank (accumulates)")
+    g.add_argument("--warmup-steps", type=int, default=d.warmup_steps,
+                   help="LR warm-up steps (default 2000, capped at a fifth of the planned steps)")
+    g.add_argument("--num-variants", type=int, default=d.num_variants,
+                   help="augmented variants per task, each with its own embedding row (default 1000)")
+    g.add_argument("--embedding-init", default=d.embedding_init, choices=["mean", "normal"])
+    g.add_argument("--lora-rank", type=int, default=d.lora_rank)
+    g.add_argument("--lora-alpha", type=float, default=d.lora_alpha)
+    g.add_argument("--no-ema", action="store_true", help="vote with the live weights instead of the EMA")
+    g.add_argument("--no-translate", action="store_true", help="no translation augmentation")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
+
+
+def _train_config(args: argparse.Namespace, pretraining: bool = False):
+    from .train import TrainConfig
+
+    return TrainConfig(mode=args.mode, embeddings_fraction=args.embeddings_fraction, lr=args.lr, emb_lr=args.emb_lr,
+                       adam_variant=args.adam_variant, global_batch_size=args.global_batch,
+                       micro_batch=args.micro_batch, warmup_steps=args.warmup_steps, num_variants=args.num_variants,
+                       embedding_init=args.embedding_init, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
+                       ema=not args.no_ema, translate=not args.no_translate, seed=args.seed,
+                       include_test_pairs=pretraining)
+
+
+def _run_arguments(p: argparse.ArgumentParser, rehearsal: bool = False) -> None:
+    required = not rehearsal
+    p.add_argument("--checkpoint", required=required, default=None if required else str(DEFAULT_CHECKPOINT),
+                   help="our checkpoint folder (model.safetensors + manifest.json)")
+    p.add_argument("--challenges", required=required, default=None if required else str(DEFAULT_CHALLENGES),
+                   help="Kaggle challenges file (.json or .json.gz)")
+    p.add_argument("--solutions", default=None, help="solutions file: score the submission at the end")
+    p.add_argument("--budget", default="5m" if rehearsal else "12h",
+                   help="wall-clock budget for everything, e.g. 12h, 90m, 1h30m (default %(default)s)")
+    p.add_argument("--out", required=required, default=None if required else "runs/rehearsal",
+                   help="output folder: submission.json, report.json, timeline.json/png, state/")
+    p.add_argument("--max-steps", type=int, default=None, help="cap on training steps (default: the plan's)")
+    p.add_argument("--max-variants", type=int, default=None,
+                   help="cap on inference variants per test input (default: the plan's 512, 256 or what fits)")
+    p.add_argument("--infer-batch", type=int, default=64, help="rows per inference call (default 64)")
+    p.add_argument("--act-steps", type=int, default=None, help="ACT steps at inference (default halt_max_steps)")
+    p.add_argument("--no-resume", action="store_true", help="ignore a saved training state in --out")
+    _train_arguments(p)
+
+
+def _run(args: argparse.Namespace, rehearsal: bool) -> int:
+    from .budget import parse_duration
+    from .pipeline import RunOptions, run_pipeline
+
+    opts = RunOptions(checkpoint=args.checkpoint, challenges=args.challenges, out_dir=args.out,
+                      budget_s=parse_duration(args.budget), solutions=args.solutions, train=_train_config(args),
+                      max_steps=args.max_steps, max_variants=args.max_variants, infer_batch_size=args.infer_batch,
+                      act_steps=args.act_steps, device=args.device, resume=not args.no_resume)
+    steps = _StepPrinter()
+    result = run_pipeline(opts, on_step=steps)
+    steps.close()
+    _print_summary(result.report, rehearsal)
+    return result.exit_code
+
+
+class _StepPrinter:
+    """A progress line for training: step, loss, seconds per step (tqdm-free, at most once every 2 s)."""
+
+    def __init__(self) -> None:
+        self.last = 0.0
+
+    def __call__(self, stats) -> None:
+        now = time.monotonic()
+        if now - self.last >= 2.0:
+            self.last = now
+            print(f"\rtrain step {stats.step}: loss {stats.loss:.4f}, {stats.seconds:.2f} s/step",
+                  end="", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.last:
+            print(file=sys.stderr)
+
+
+def _print_summary(report: dict, rehearsal: bool) -> None:
+    tp, pl, proj = report.get("throughput", {}), report.get("plan", {}), report.get("projection_12h", {})
+    train, inf = report.get("train", {}), report.get("inference", {})
+    lines = [f"submission: {report.get('submission')}  ({report.get('tasks', {}).get('total', '?')} tasks, "
+             f"{len(report.get('tasks', {}).get('invalid', {}))} invalid)"]
+    if tp:
+        step_s, var_s = tp.get("train_step_s", 0), tp.get("infer_variant_s", 0)
+        lines.append(f"measured: {1 / step_s if step_s else 0:.3f} train steps/s "
+                     f"(batch {report.get('train_batch', '')}), {1 / var_s if var_s else 0:.2f} variants/s at inference")
+    if pl:
+        lines.append(f"plan: {pl.get('reason')}: {pl.get('train_steps')} steps in {pl.get('train_seconds', 0):.0f} s, "
+                     f"{pl.get('infer_variants')} variants per test input")
+    if train:
+        lines.append(f"trained: {train.get('steps_done')} steps this run (now at step {train.get('final_step')}), "
+                     f"stopped by {train.get('stopped_by')}, {train.get('nan_events')} NaN and "
+                     f"{train.get('oom_events')} OOM events")
+    if inf:
+        lines.append(f"voted: {inf.get('votes')} votes, variants 0-{inf.get('variants_completed')} of "
+                     f"{inf.get('planned_variants')} planned, {len(inf.get('rounds', []))} rounds")
+    if proj:
+        lines.append(f"12 h on this machine (rerun-sized test set): {proj.get('train_steps')} training steps + "
+                     f"{proj.get('infer_variants')} inference variants")
+    if "score" in report:
+        lines.append(f"score: {report['score']}")
+    lines.append(f"elapsed: {report.get('elapsed_s', 0):.0f} s of {report.get('budget_s', 0):.0f} s; "
+                 f"stopped by {report.get('stopped_by', '?')}")
+    print("\n".join(lines))
+
+
+@command("run", "The full pipeline under one deadline: post-train, vote in rounds, write submission.json.",
+         _run_arguments)
+def cmd_run(args: argparse.Namespace) -> int:
+    return _run(args, rehearsal=False)
+
+
+def _rehearse_arguments(p: argparse.ArgumentParser) -> None:
+    _run_arguments(p, rehearsal=True)
+
+
+@command("rehearse", "`run` on local data with a short budget; prints speeds, the plan and a 12-hour projection.",
+         _rehearse_arguments)
+def cmd_rehearse(args: argparse.Namespace) -> int:
+    return _run(args, rehearsal=True)
+
+
+def _pretrain_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", action="append", required=True, metavar="CHALLENGES[:SOLUTIONS]",
+                   help="a challenges file and optional solutions file; repeat for several")
+    p.add_argument("--out", required=True, help="output folder: checkpoint/ and state/ (resumable)")
+    p.add_argument("--init-checkpoint", default=None, help="start from this checkpoint instead of from scratch")
+    p.add_argument("--steps", type=int, default=None, help="total steps (cumulative across resumed runs)")
+    p.add_argument("--budget", default=None, help="stop after this long, e.g. 20m")
+    p.add_argument("--save-every", default="5m", help="save checkpoint and state this often (default 5m)")
+    p.add_argument("--arch", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="TRMConfig fields for a model from scratch, e.g. hidden_size=64 num_heads=2")
+    _train_arguments(p, pretraining=True)
+
+
+def _parse_arch(items: Sequence[str]) -> dict:
+    from dataclasses import fields
+
+    from .errors import ConfigError
+    from .model import TRMConfig
+
+    types = {f.name: f.type for f in fields(TRMConfig)}
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in types:
+            raise ConfigError(f"--arch {item!r}: expected KEY=VALUE with KEY one of {sorted(types)}")
+        kind = {"int": int, "float": float, "str": str, "bool": lambda v: v.lower() in ("1", "true", "yes")}[types[key]]
+        out[key] = kind(value)
+    return out
+
+
+@command("pretrain", "Pre-train a checkpoint on challenges+solutions (train and solved test pairs); resumable.",
+         _pretrain_arguments)
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from .budget import parse_duration
+    from .pipeline import PretrainOptions, pretrain_pipeline
+
+    data = []
+    for item in args.data:
+        challenges, _, solutions = item.partition(":")
+        data.append((challenges, solutions or None))
+    opts = PretrainOptions(data=data, out_dir=args.out, model=_parse_arch(args.arch),
+                           init_checkpoint=args.init_checkpoint, train=_train_config(args, pretraining=True),
+                           steps=args.steps, budget_s=parse_duration(args.budget) if args.budget else None,
+                           save_every_s=parse_duration(args.save_every), device=args.device)
+    steps = _StepPrinter()
+    result = pretrain_pipeline(opts, on_step=steps)
+    steps.close()
+    h = result["history"]
+    last = h[-1] if h else {}
+    print(f"pretrain: step {result['steps']} ({result['steps_this_run']} this run, stopped by {result['stopped_by']}) "
+          f"in {result['seconds']:.0f} s; last loss {last.get('loss', float('nan')):.4f}; "
+          f"checkpoint {result['checkpoint']}")
     return 0
 
 

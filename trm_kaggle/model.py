@@ -369,8 +369,13 @@ class TinyRecursiveModel(nn.Module):
                      halted=torch.ones(B, dtype=torch.bool, device=device),
                      current_data={k: torch.empty_like(v) for k, v in batch.items()})
 
-    def forward(self, carry: Carry, batch: dict[str, torch.Tensor]):
-        """One ACT step, as upstream's wrapper: halted rows restart on the new batch's row; others keep theirs."""
+    def forward(self, carry: Carry, batch: dict[str, torch.Tensor],
+                exploration: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """One ACT step, as upstream's wrapper: halted rows restart on the new batch's row; others keep theirs.
+
+        `exploration` = (uniform [B], min_steps [B]) replaces the two random draws of upstream's halting
+        exploration, so a trainer can draw them for the global batch and give each rank its slice.
+        """
         cfg = self.config
         halted = carry.halted
         z_H = torch.where(halted.view(-1, 1, 1), self.H_init, carry.z_H)
@@ -384,8 +389,12 @@ class TinyRecursiveModel(nn.Module):
             halted = steps >= cfg.halt_max_steps
             if self.training and cfg.halt_max_steps > 1:
                 halted = halted | (q_halt > 0)
-                explore = torch.rand_like(q_halt) < cfg.halt_exploration_prob
-                min_steps = explore * torch.randint_like(steps, low=2, high=cfg.halt_max_steps + 1)
+                if exploration is None:
+                    uniform = torch.rand_like(q_halt)
+                    drawn = torch.randint_like(steps, low=2, high=cfg.halt_max_steps + 1)
+                else:
+                    uniform, drawn = (t.to(q_halt.device) for t in exploration)
+                min_steps = (uniform < cfg.halt_exploration_prob) * drawn
                 halted = halted & (steps >= min_steps)
         new_carry = Carry(z_H=z_H, z_L=z_L, steps=steps, halted=halted, current_data=data)
         return new_carry, {"logits": logits, "q_halt_logits": q_halt, "q_continue_logits": q_continue}
