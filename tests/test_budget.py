@@ -382,7 +382,7 @@ def test_replan_after_a_10x_slower_step_still_leaves_inference_time():
 
 def test_replan_gives_up_training_before_inference_variants():
     measured = Throughput(L4_STEP_S, L4_VARIANT_S)
-    first = plan(3 * HOUR, measured, EVAL2_TEST_INPUTS)
+    first = plan(3 * HOUR, measured, EVAL2_TEST_INPUTS, PlanOptions(max_infer_fraction=1.0))
     assert first.infer_variants == 512 and first.train_steps > 0
     slower = Throughput(L4_STEP_S, 1.8 * L4_VARIANT_S)  # 512 variants now need 2.7 h with safety
     second = replan(first, 2.9 * HOUR, slower)
