@@ -211,7 +211,7 @@ def _train_arguments(p: argparse.ArgumentParser, pretraining: bool = False) -> N
                    help="task-embedding sign-SGD LR (default 2e-2 post-training)")
     g.add_argument("--adam-variant", default=d.adam_variant, choices=["fork", "upstream"],
                    help="fork: adam-atan2-pytorch rule (a=1.27), used for the paper's models; upstream: adam-atan2")
-    g.add_argument("--global-batch", type=int, default=d.global_batch_size, help="global batch (default 384)")
+    g.add_argument("--global-batch", type=int, default=d.global_batch_size, help="global batch (default %(default)s; the paper: 384)")
     g.add_argument("--micro-batch", type=int, default=None, help="rows per forward on one rank (accumulates)")
     g.add_argument("--warmup-steps", type=int, default=d.warmup_steps,
                    help="LR warm-up steps (default 2000, capped at a fifth of the planned steps)")
@@ -327,6 +327,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _rehearse_arguments(p: argparse.ArgumentParser) -> None:
     _run_arguments(p, rehearsal=True)
+    # 384 rows take ~25 s per step on a 2-core CPU: a rehearsal trains on 32 (the plan and projection say so).
+    p.set_defaults(global_batch=32)
 
 
 @command("rehearse", "`run` on local data with a short budget; prints speeds, the plan and a 12-hour projection.",
@@ -387,6 +389,45 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     print(f"pretrain: step {result['steps']} ({result['steps_this_run']} this run, stopped by {result['stopped_by']}) "
           f"in {result['seconds']:.0f} s; last loss {last.get('loss', float('nan')):.4f}; "
           f"checkpoint {result['checkpoint']}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------- hubs
+
+def _fetch_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("repo_id", help="Hugging Face repo of an upstream TRM checkpoint, e.g. Trelis/TRM-ARC-AGI-II")
+    p.add_argument("--filename", default=None, help="checkpoint file in the repo (default: the highest step_<N>)")
+    p.add_argument("--revision", default=None)
+    p.add_argument("--out", default=None, help="output folder (default checkpoints/<repo name>)")
+    p.add_argument("--puzzle-emb-len", type=int, default=None, help="override the arch's puzzle_emb_len (16 or 1)")
+
+
+@command("fetch-checkpoint", "Download an upstream TRM checkpoint from Hugging Face and convert it to ours.",
+         _fetch_arguments)
+def cmd_fetch_checkpoint(args: argparse.Namespace) -> int:
+    from .hub import fetch_checkpoint
+
+    overrides = {"puzzle_emb_len": args.puzzle_emb_len} if args.puzzle_emb_len is not None else None
+    info = fetch_checkpoint(args.repo_id, args.filename, args.out, revision=args.revision, arch_overrides=overrides)
+    print(f"{info['repo_id']}/{info['filename']}: {info['bytes_before'] / 1e6:.1f} MB -> "
+          f"{info['bytes_after'] / 1e6:.1f} MB in {info['out']}")
+    return 0
+
+
+def _publish_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kind", required=True, choices=["model", "dataset"])
+    p.add_argument("handle", help="Kaggle handle, e.g. you/trm-arc2/pyTorch/default (model) or you/trm-wheels")
+    p.add_argument("directory", help="the folder to upload (a checkpoint folder for --kind model)")
+    p.add_argument("--notes", default="", help="version notes")
+
+
+@command("publish", "Upload a checkpoint (Kaggle model) or a folder (Kaggle dataset) with kagglehub.",
+         _publish_arguments)
+def cmd_publish(args: argparse.Namespace) -> int:
+    from .hub import publish
+
+    publish(args.kind, args.handle, args.directory, notes=args.notes)
+    print(f"uploaded {args.directory} to {args.handle}")
     return 0
 
 
