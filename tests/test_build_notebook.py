@@ -246,7 +246,8 @@ def test_generated_notebook_runs_headless_on_cpu_and_leaves_a_valid_submission(t
     working.mkdir()
     outputs = execute_notebook({"TRM_KAGGLE_INPUT_ROOT": inputs, "TRM_KAGGLE_WORKING_DIR": working,
                                 "TRM_KAGGLE_OUT": working, "TRM_KAGGLE_BUDGET": "2m"}, monkeypatch)
+    text = "".join(outputs)
+    assert "--- exit code 0 ---" in text, text[-4000:]
     assert validate_submission(working / "submission.json", challenges) == []
     assert (working / "report.json").is_file()
-    assert "--- exit code 0 ---" in "".join(outputs)
     assert outputs[-1].startswith("valid"), outputs[-1]  # the run's own file, not a repair of a dead run
