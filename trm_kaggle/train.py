@@ -176,7 +176,9 @@ class ExampleSampler:
             identifier = self.variant_index.identifier(task.task_id, k)
             order = self.rng.permutation(len(examples))
             take = order[: self.global_batch_size - len(chosen)]
-            keep_home = int(self.rng.integers(len(examples)))  # upstream's no_aug_id: one example stays untranslated
+            # Upstream's no_aug_id: one example of the draw stays untranslated. It is drawn among the examples taken
+            # (the first of a random order), so a draw cut at the end of a batch keeps its untranslated one too.
+            keep_home = int(take[0])
             for j in take:
                 ex = examples[int(j)]
                 ex = Example(aug.apply(ex.input), aug.apply(ex.output))  # a transpose swaps h and w: augment first
