@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
-import site
 import subprocess
 import sys
 import venv
@@ -102,8 +101,10 @@ def test_check_needs_every_runtime_dependency_placed_on_kaggle_or_vendored(repo_
 def test_package_wheel_is_byte_for_byte_reproducible(repo_copy, tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
     first.mkdir(), second.mkdir()
-    a = build_notebook.build_package_wheel(REPO, first)
-    b = build_notebook.build_package_wheel(repo_copy, second)  # another folder, another copy of the sources
+    # Both from one snapshot (colleagues edit the real tree meanwhile), in two folders with different paths.
+    again = shutil.copytree(repo_copy, tmp_path / "another" / "checkout")
+    a = build_notebook.build_package_wheel(repo_copy, first)
+    b = build_notebook.build_package_wheel(again, second)
     assert a.name == b.name == "trm_kaggle-0.1.0-py3-none-any.whl"
     assert a.read_bytes() == b.read_bytes()
 
@@ -152,7 +153,9 @@ def kaggle_like_venv(where: Path) -> str:
     them, but not trm_kaggle, even where a developer installed it (editable) into the base interpreter."""
     view = where / "base-packages"
     view.mkdir(parents=True)
-    for site_dir in map(Path, site.getsitepackages()):
+    # Every site folder this interpreter sees (a dev venv with system packages has two), first one wins.
+    site_dirs = [Path(p) for p in sys.path if p.endswith(("site-packages", "dist-packages")) and Path(p).is_dir()]
+    for site_dir in site_dirs:
         for entry in site_dir.iterdir():
             hidden = entry.name.startswith(("trm_kaggle", "__editable__", "_trm")) or entry.suffix == ".pth"
             if not hidden and not (view / entry.name).exists():
