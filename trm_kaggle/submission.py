@@ -196,6 +196,7 @@ def write_submission(obj: Mapping[str, Any], path: str | os.PathLike) -> Path:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp_name, 0o644)  # mkstemp makes 0600; a submission is an ordinary, readable file
         os.replace(tmp_name, path)
     except BaseException as exc:
         try:
