@@ -91,6 +91,12 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _selection_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--selection", choices=["vote", "rescore"], default="vote",
+                   help="how candidates are ranked: vote (votes, then mean q; default) or rescore (the top 8 voted "
+                        "re-ranked by log vote share + mean log-likelihood under 8 trained views)")
+
+
 def _predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, metavar="DIR",
                    help="checkpoint folder (model.safetensors + manifest.json)")
@@ -103,6 +109,7 @@ def _predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the variant draw (default 0)")
     p.add_argument("--act-steps", type=int, default=None,
                    help="ACT steps per prediction (default: the checkpoint's halt_max_steps)")
+    _selection_argument(p)
 
 
 class _Progress:
@@ -178,7 +185,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
         write_submission(build_submission(task_set, book.predictions()), args.out)
         raise
     progress.close()
-    submission = build_submission(task_set, book.predictions())
+    predictions = book.predictions()
+    if args.selection == "rescore":
+        from .rescore import rescore
+
+        rescoring = _Progress("rescoring")
+        try:
+            predictions = rescore(model, task_set, variant_index, book, n_augmentations=min(8, args.augmentations),
+                                  batch_size=args.batch_size, device=args.device, act_steps=args.act_steps,
+                                  progress=rescoring)
+        except KeyboardInterrupt:  # the votes stand
+            rescoring.close()
+            write_submission(build_submission(task_set, predictions), args.out)
+            raise
+        rescoring.close()
+    submission = build_submission(task_set, predictions)
     problems = validate_submission(submission, task_set)
     if problems:  # cannot happen by construction; never overwrite the valid fallback with a bad file
         raise SubmissionError(f"built submission is invalid ({len(problems)} problems), e.g. {problems[0]}")
@@ -254,6 +275,7 @@ def _run_arguments(p: argparse.ArgumentParser, rehearsal: bool = False) -> None:
     p.add_argument("--infer-batch", type=int, default=64, help="rows per inference call (default 64)")
     p.add_argument("--act-steps", type=int, default=None, help="ACT steps at inference (default halt_max_steps)")
     p.add_argument("--no-resume", action="store_true", help="ignore a saved training state in --out")
+    _selection_argument(p)
     _train_arguments(p)
 
 
@@ -264,6 +286,7 @@ def _run(args: argparse.Namespace, rehearsal: bool) -> int:
     opts = RunOptions(checkpoint=args.checkpoint, challenges=args.challenges, out_dir=args.out,
                       budget_s=parse_duration(args.budget), solutions=args.solutions, train=_train_config(args),
                       max_steps=args.max_steps, max_variants=args.max_variants, infer_batch_size=args.infer_batch,
+                      selection=args.selection,
                       act_steps=args.act_steps, device=args.device, resume=not args.no_resume)
     steps = _StepPrinter()
     result = run_pipeline(opts, on_step=steps)

@@ -34,6 +34,7 @@ from .budget import Budget, PlanOptions, Throughput, Timeline, inference_rounds,
 from .checkpoint import load_checkpoint
 from .distributed import DistInfo, all_gather_objects, barrier, broadcast_object, init_distributed
 from .errors import ConfigError
+from .rescore import check_selection
 from .submission import build_submission, fallback_attempts, score_submission, write_submission
 from .tasks import TaskSet, load_tasks
 from .train import StepStats, Trainer, TrainConfig
@@ -63,6 +64,9 @@ class RunOptions:
     safety_factor: float = 1.5
     first_round: int = 8
     resume: bool = True
+    selection: str = "vote"  # vote: (votes, mean q); rescore: the top K re-ranked by likelihood (rescore.py)
+    rescore_top_k: int = 8
+    rescore_augmentations: int = 8
 
 
 @dataclass
@@ -107,6 +111,7 @@ def run_pipeline(opts: RunOptions, clock: Callable[[], float] = time.time, dist:
     out = Path(opts.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     submission_path = out / "submission.json"
+    check_selection(opts.selection)
 
     budget = Budget.from_duration(opts.budget_s, clock=clock)
     budget = Budget.from_dict(broadcast_object(budget.to_dict(), dist), clock=clock)
@@ -115,6 +120,7 @@ def run_pipeline(opts: RunOptions, clock: Callable[[], float] = time.time, dist:
     restore_signals = stop.install()
     task_set: TaskSet | None = None
     book: VoteBook | None = None
+    predictions: dict[str, Any] | None = None  # set when rescoring reorders the votes
     report: dict[str, Any] = {"trm_kaggle_version": __version__, "checkpoint": str(opts.checkpoint),
                               "challenges": str(opts.challenges), "budget_s": opts.budget_s,
                               "world_size": dist.world_size, "device": str(dist.device)}
@@ -182,17 +188,25 @@ def run_pipeline(opts: RunOptions, clock: Callable[[], float] = time.time, dist:
             report["train"] = {k: v for k, v in summary.to_dict().items() if k != "history"}
             report["train"]["final_step"] = trainer.step
             report["train_history"] = summary.history[-200:]
+            if dist.is_main:
+                _write_learning_curve(summary.history, out / "learning_curve.png", report)
         save_state()
 
         # ----------------------------------------------------------------------------------- inference
+        # Rescoring runs after the votes are pooled: voting ends early enough to leave it its time.
+        rescore_s = _rescore_reserve_s(opts, throughput, n_inputs)
+        vote_budget = budget.child("vote", max(0.0, budget.work_remaining() - rescore_s)) if rescore_s else budget
         report["inference"] = _vote_in_rounds(opts, trainer, task_set, variant_index, train_plan.infer_variants,
-                                              throughput, budget, timeline, book, submission_path, act_steps,
+                                              throughput, vote_budget, timeline, book, submission_path, act_steps,
                                               dist, stop, progress)
+        if opts.selection == "rescore" and dist.is_main:
+            predictions, report["rescore"] = _rescore_votes(opts, trainer, task_set, variant_index, book, budget,
+                                                            timeline, submission_path, act_steps, stop)
         report["stopped_by"] = stop.reason or "completed"
     finally:
         restore_signals()
         if dist.is_main:
-            _finish(opts, report, timeline, out, submission_path, task_set, book)
+            _finish(opts, report, timeline, out, submission_path, task_set, book, predictions)
     return RunResult(submission_path, report)
 
 
@@ -223,7 +237,9 @@ def _measure_and_plan(opts, trainer: Trainer, task_set, variant_index, budget: B
     max_variants = max(len(v) for v in variant_index.variants.values())
     if opts.max_variants is not None:
         max_variants = min(max_variants, opts.max_variants)
-    options = PlanOptions(reserve_s=budget.final_write_reserve_s, safety_factor=opts.safety_factor,
+    # Time kept after voting for rescoring is planned like the final write: training and voting leave it free.
+    reserve_s = budget.final_write_reserve_s + _rescore_reserve_s(opts, throughput, n_inputs)
+    options = PlanOptions(reserve_s=reserve_s, safety_factor=opts.safety_factor,
                           preferred_variants=tuple(opts.preferred_variants), max_variants=max_variants)
     chosen = plan(budget.remaining(), throughput, per_rank_inputs, options)
     timeline.event("plan", **chosen.to_dict())
@@ -311,11 +327,12 @@ def _vote_in_rounds(opts, trainer: Trainer, task_set, variant_index, n_variants:
 
 
 def _finish(opts: RunOptions, report: dict[str, Any], timeline: Timeline, out: Path, submission_path: Path,
-            task_set: TaskSet | None, book: VoteBook | None) -> None:
+            task_set: TaskSet | None, book: VoteBook | None, predictions: dict[str, Any] | None = None) -> None:
     """The last word: the best submission, the report, the timeline and its plot. Never raises."""
     try:
         if task_set is not None and book is not None and book.num_votes():
-            write_submission(build_submission(task_set, book.predictions()), submission_path)
+            ranked = book.predictions() if predictions is None else predictions
+            write_submission(build_submission(task_set, ranked), submission_path)
     except Exception:  # noqa: BLE001 - the previous (valid) file stays in place
         log.exception("could not write the final submission; the last one written stands")
     report["submission"] = str(submission_path)
@@ -341,6 +358,46 @@ def _finish(opts: RunOptions, report: dict[str, Any], timeline: Timeline, out: P
         tmp.replace(out / "report.json")
     except Exception:  # noqa: BLE001
         log.exception("could not write report.json")
+
+
+def _rescore_reserve_s(opts: RunOptions, throughput: Throughput, n_inputs: int) -> float:
+    """Seconds kept after voting for rescoring: one row per (test input, view), on rank 0, with the safety factor."""
+    if opts.selection != "rescore":
+        return 0.0
+    return opts.safety_factor * n_inputs * opts.rescore_augmentations * throughput.infer_variant_s
+
+
+def _rescore_votes(opts: RunOptions, trainer: Trainer, task_set, variant_index, book: VoteBook, budget: Budget,
+                   timeline: Timeline, submission_path: Path, act_steps: int, stop):
+    """Rank 0 re-ranks the pooled votes (rescore.py) and writes the submission; a test input it has no time for
+    keeps its vote order. Returns (predictions, or None when the vote order stands; the report entry)."""
+    from .rescore import rescore
+
+    t0 = time.perf_counter()
+    try:
+        with trainer.inference_weights() as model, timeline.phase("rescore"):
+            predictions = rescore(model, task_set, variant_index, book, top_k=opts.rescore_top_k,
+                                  n_augmentations=opts.rescore_augmentations, batch_size=opts.infer_batch_size,
+                                  device=trainer.device, act_steps=act_steps,
+                                  should_stop=lambda: stop() or budget.work_remaining() <= 0)
+        write_submission(build_submission(task_set, predictions), submission_path)
+    except Exception as exc:  # noqa: BLE001 - the voted submission already on disk stands
+        log.exception("rescoring failed; the vote order stands")
+        timeline.event("rescore_failed", error=repr(exc))
+        return None, {"error": repr(exc)}
+    return predictions, {"top_k": opts.rescore_top_k, "augmentations": opts.rescore_augmentations,
+                         "seconds": time.perf_counter() - t0}
+
+
+def _write_learning_curve(history: list[dict[str, Any]], path: Path, report: dict[str, Any]) -> None:
+    """learning_curve.png from the training history (running loss, exact accuracy of halted rows). Never raises."""
+    try:
+        from .learning_curve import history_points, plot_learning_curve
+
+        note = f"{len(history)} steps this run on {report.get('device')}, budget {report.get('budget_s', 0):.0f} s"
+        plot_learning_curve(path, history_points(history), title="Post-training (training batches)", note=note)
+    except Exception:  # noqa: BLE001 - a missing plot must never cost the submission
+        log.exception("could not write the learning curve")
 
 
 # ------------------------------------------------------------------------------------------------ pre-training
