@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import textwrap
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -84,9 +85,10 @@ def plot_learning_curve(path: str | os.PathLike, points: Iterable[Mapping[str, A
         acc.legend(handles=handles, loc="upper left", fontsize=8)
     if title:
         acc.set_title(title, fontsize=10)
-    if note:
-        fig.text(0.01, 0.01, note, fontsize=7, color="0.35")
-    fig.tight_layout(rect=(0, 0.04 if note else 0, 1, 1))
+    note_lines = textwrap.wrap(note, 150)
+    if note_lines:
+        fig.text(0.01, 0.01, "\n".join(note_lines), fontsize=7, color="0.35")
+    fig.tight_layout(rect=(0, 0.03 * len(note_lines), 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".curve.", suffix=".png")
