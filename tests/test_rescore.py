@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -176,3 +177,38 @@ def test_selection_names_are_checked():
         check_selection("best")
     with pytest.raises(ConfigError):
         rescore(None, None, None, VoteBook(), weight=-1)
+
+
+# ---------------------------------------------------------------------------------------------- pipeline
+
+
+def test_a_run_with_rescore_selection_rescores_after_voting_and_draws_the_learning_curve(tmp_path, small_tasks):
+    import json
+
+    from trm_kaggle.checkpoint import save_checkpoint
+    from trm_kaggle.model import TinyRecursiveModel, TRMConfig
+    from trm_kaggle.pipeline import RunOptions, run_pipeline
+    from trm_kaggle.submission import validate_submission
+    from trm_kaggle.train import TrainConfig
+
+    torch.manual_seed(0)
+    model = TinyRecursiveModel(TRMConfig(hidden_size=32, num_heads=2, L_layers=1, H_cycles=1, L_cycles=1,
+                                         puzzle_emb_len=1, puzzle_emb_ndim=32, halt_max_steps=1,
+                                         forward_dtype="float32"))
+    save_checkpoint(model, tmp_path / "ckpt")
+    first = small_tasks.task_ids[0]
+    raw = json.loads((Path(__file__).resolve().parents[1] / "sample_data" / "small_challenges.json").read_text())
+    (tmp_path / "one.json").write_text(json.dumps({first: raw[first]}))
+    opts = RunOptions(checkpoint=str(tmp_path / "ckpt"), challenges=str(tmp_path / "one.json"),
+                      out_dir=str(tmp_path / "out"), budget_s=120, max_steps=3, max_variants=4, measure_steps=1,
+                      train=TrainConfig(global_batch_size=4, num_variants=4, warmup_steps=1),
+                      selection="rescore", rescore_augmentations=4, device="cpu")
+    result = run_pipeline(opts)
+
+    assert result.report["inference"]["votes"] > 0
+    assert "error" not in result.report["rescore"] and result.report["rescore"]["augmentations"] == 4
+    assert validate_submission(result.submission, str(tmp_path / "one.json")) == []
+    assert (tmp_path / "out" / "learning_curve.png").is_file()
+    with pytest.raises(ConfigError, match="selection"):
+        run_pipeline(RunOptions(checkpoint="x", challenges="y", out_dir=str(tmp_path / "bad"), budget_s=1,
+                                selection="best", device="cpu"))
