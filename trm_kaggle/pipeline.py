@@ -2,9 +2,11 @@
 
     trm-kaggle run --checkpoint checkpoints/trm-cpu-small --challenges arc-agi_test_challenges.json --budget 12h --out out/
     torchrun --standalone --nproc-per-node 4 -m trm_kaggle.cli run ...      # 4 GPUs, one process each
+    trm-kaggle run --nproc 4 ...              # the same, under a supervisor that survives a dead rank (supervise.py)
 
 Order of events, and why:
- 1. tasks are loaded and a fallback submission.json is written before anything that can fail or take time;
+ 1. tasks are loaded and a fallback submission.json is written before anything that can fail or take time
+    (a valid submission already there, from an earlier run on the same folder, is kept instead);
  2. the checkpoint is loaded; every variant of every task gets a task-embedding row at the checkpoint's mean;
  3. the first training steps and one inference batch are timed on the real model and hardware, and the planner
     fixes the inference variant count (512, else 256, else what fits) and gives training the rest;
@@ -13,6 +15,13 @@ Order of events, and why:
  5. inference runs in rounds over all tasks (a few variants each, then more); after every round the best
     submission so far is written atomically, so stopping at any moment leaves votes for every task;
  6. report.json, timeline.json and timeline.png say where the time went, planned vs actual.
+
+What goes wrong, and what happens then (tests/test_faults.py): a step or a batch slower than measured ends its
+phase early, judged on the last one's real duration; a NaN rolls back and halves the LR, repeated NaNs go
+straight to voting; an out-of-memory step halves the micro-batch; a failing write leaves the last file in place
+and the next round tries again; a torn saved state means training restarts from the checkpoint; SIGTERM/SIGINT
+end the current step or batch, save the state and leave the best file (exit 128 + signal); the decisions to
+stop are taken by all ranks together, so no rank is left waiting in a collective.
 """
 
 from __future__ import annotations
@@ -32,10 +41,11 @@ from . import __version__
 from .augment import build_variant_index
 from .budget import Budget, PlanOptions, Throughput, Timeline, inference_rounds, plan, projected_steps
 from .checkpoint import load_checkpoint
-from .distributed import DistInfo, all_gather_objects, barrier, broadcast_object, init_distributed
+from .distributed import DistInfo, all_gather_objects, any_rank, barrier, broadcast_object, init_distributed
 from .errors import ConfigError
 from .rescore import check_selection
-from .submission import build_submission, fallback_attempts, score_submission, write_submission
+from .submission import (build_submission, fallback_attempts, score_submission, validate_submission,
+                         write_submission)
 from .tasks import TaskSet, load_tasks
 from .train import StepStats, Trainer, TrainConfig
 from .vote import VoteBook, build_jobs, run_votes
@@ -67,6 +77,7 @@ class RunOptions:
     selection: str = "vote"  # vote: (votes, mean q); rescore: the top K re-ranked by likelihood (rescore.py)
     rescore_top_k: int = 8
     rescore_augmentations: int = 8
+    deadline: float | None = None  # absolute time on the run's clock; wins over budget_s (ranks share one)
 
 
 @dataclass
@@ -81,6 +92,7 @@ class _StopFlag:
 
     def __init__(self) -> None:
         self.reason: str | None = None
+        self.signum = 0
 
     def __call__(self) -> bool:
         return self.reason is not None
@@ -92,6 +104,7 @@ class _StopFlag:
 
         def handler(signum, _frame):
             self.reason = signal.Signals(signum).name
+            self.signum = signum
             log.warning("%s received: finishing the current batch, then writing the submission", self.reason)
 
         for s in previous:
@@ -113,7 +126,11 @@ def run_pipeline(opts: RunOptions, clock: Callable[[], float] = time.time, dist:
     submission_path = out / "submission.json"
     check_selection(opts.selection)
 
-    budget = Budget.from_duration(opts.budget_s, clock=clock)
+    if opts.deadline is not None:
+        now = clock()
+        budget = Budget(max(float(opts.deadline), now), clock=clock, start=now)
+    else:
+        budget = Budget.from_duration(opts.budget_s, clock=clock)
     budget = Budget.from_dict(broadcast_object(budget.to_dict(), dist), clock=clock)
     timeline = Timeline(budget)
     stop = _StopFlag()
@@ -128,19 +145,16 @@ def run_pipeline(opts: RunOptions, clock: Callable[[], float] = time.time, dist:
         with timeline.phase("setup") as ph:
             task_set = load_tasks(opts.challenges)
             if dist.is_main:
-                write_submission(fallback_attempts(task_set), submission_path)
+                report["first_submission"] = _write_first_submission(task_set, submission_path)
             tasks = _valid_tasks(task_set)
             report["tasks"] = {"total": len(task_set.task_ids), "valid": len(tasks),
                                "invalid": {t: f"{v.field}: {v.reason}" for t, v in task_set.invalid.items()},
                                "test_inputs": sum(task_set.num_test_inputs(t) for t in task_set.task_ids)}
             ph.info.update(tasks=len(tasks))
-            model = load_checkpoint(opts.checkpoint, map_location="cpu")
+            variant_index = build_variant_index(tasks, n=opts.train.num_variants, seed=opts.train.seed)
+            model = _load_model(opts, variant_index)
             report["checkpoint_config"] = model.config.to_dict()
             report["checkpoint_provenance"] = model.checkpoint_manifest.get("provenance", {})
-            variant_index = build_variant_index(tasks, n=opts.train.num_variants, seed=opts.train.seed)
-            torch.manual_seed(opts.train.seed)
-            model.resize_puzzle_table(variant_index.num_identifiers, init=opts.train.embedding_init,
-                                      mean=model.checkpoint_mean)
             ph.info.update(variant_rows=variant_index.num_identifiers)
         book = VoteBook()
         if not tasks:
@@ -150,10 +164,20 @@ def run_pipeline(opts: RunOptions, clock: Callable[[], float] = time.time, dist:
         trainer = Trainer(model, tasks, opts.train, variant_index, dist=dist)
         state_dir = out / "state"
         if opts.resume and (state_dir / "train_state.json").is_file():
-            meta = trainer.load_state(state_dir)
-            timeline.event("resumed", step=meta["step"])
-            log.warning("resumed from %s at step %d", state_dir, meta["step"])
-            report["resumed_from_step"] = meta["step"]
+            try:
+                meta = trainer.load_state(state_dir)
+            except Exception as exc:  # noqa: BLE001 - a torn or foreign state costs the training, not the run
+                log.warning("cannot resume from %s (%s); post-training starts again from the checkpoint",
+                            state_dir, " ".join(str(exc).split()))
+                timeline.event("resume_failed", error=repr(exc))
+                report["resume_failed"] = " ".join(str(exc).split())
+                # The failed load may have replaced some weights already: start from a clean copy.
+                model = _load_model(opts, variant_index)
+                trainer = Trainer(model, tasks, opts.train, variant_index, dist=dist)
+            else:
+                timeline.event("resumed", step=meta["step"])
+                log.warning("resumed from %s at step %d", state_dir, meta["step"])
+                report["resumed_from_step"] = meta["step"]
 
         def save_state() -> None:
             trainer.save_state(state_dir)
@@ -173,10 +197,25 @@ def run_pipeline(opts: RunOptions, clock: Callable[[], float] = time.time, dist:
         if opts.max_steps is not None:
             target = min(target, opts.max_steps)
         trainer.set_total_steps(max(target, 1))
+        # A step that would end past the training deadline is not started: at the speed seen on the last step
+        # (not the measured one) the phase ends on time even when steps get 10x slower than planned. Seen on
+        # the budget's clock, which is the one the deadline is on.
+        last_step_s = [throughput.train_step_s if throughput.train_step_s < 1e9 else 0.0]
+        step_ended = [budget.clock()]
+
+        def observe_step(stats: StepStats) -> None:
+            now = budget.clock()
+            last_step_s[0], step_ended[0] = now - step_ended[0], now
+            if on_step is not None:
+                on_step(stats)
+
+        def train_should_stop() -> bool:
+            return stop() or train_budget.remaining() <= last_step_s[0]
+
         with timeline.phase("train", planned_s=train_plan.train_seconds, target_step=target) as ph:
             try:
-                summary = trainer.train(max_steps=target, should_stop=lambda: stop() or train_budget.expired(),
-                                        on_step=on_step, save_state=save_state)
+                summary = trainer.train(max_steps=target, should_stop=train_should_stop,
+                                        on_step=observe_step, save_state=save_state)
             except Exception as exc:  # noqa: BLE001 - a broken training step must not cost the submission
                 log.exception("training failed at step %d; voting with the weights we have", trainer.step)
                 timeline.event("train_failed", step=trainer.step, error=repr(exc))
@@ -190,7 +229,10 @@ def run_pipeline(opts: RunOptions, clock: Callable[[], float] = time.time, dist:
             report["train_history"] = summary.history[-200:]
             if dist.is_main:
                 _write_learning_curve(summary.history, out / "learning_curve.png", report)
-        save_state()
+        try:
+            save_state()
+        except Exception:  # noqa: BLE001 - a full disk costs the resume point, not the inference
+            log.exception("could not save the training state; voting anyway")
 
         # ----------------------------------------------------------------------------------- inference
         # Rescoring runs after the votes are pooled: voting ends early enough to leave it its time.
@@ -204,10 +246,38 @@ def run_pipeline(opts: RunOptions, clock: Callable[[], float] = time.time, dist:
                                                             timeline, submission_path, act_steps, stop)
         report["stopped_by"] = stop.reason or "completed"
     finally:
-        restore_signals()
         if dist.is_main:
             _finish(opts, report, timeline, out, submission_path, task_set, book, predictions)
-    return RunResult(submission_path, report)
+        restore_signals()  # after the last write, so a second Ctrl-C cannot interrupt it
+    # Stopped by a signal: the shell's convention (130 for SIGINT, 143 for SIGTERM), the files are complete.
+    return RunResult(submission_path, report, exit_code=128 + stop.signum if stop.reason else 0)
+
+
+def _load_model(opts: RunOptions, variant_index):
+    """The checkpoint with one task-embedding row per variant, each at the checkpoint's mean (seeded)."""
+    model = load_checkpoint(opts.checkpoint, map_location="cpu")
+    torch.manual_seed(opts.train.seed)
+    model.resize_puzzle_table(variant_index.num_identifiers, init=opts.train.embedding_init,
+                              mean=model.checkpoint_mean)
+    return model
+
+
+def _write_first_submission(task_set: TaskSet, path: Path) -> str:
+    """The fallback, unless `path` already holds a valid submission for these very tasks.
+
+    A second run on the same folder (a resume, or the single-process recovery after a rank died) finds the
+    votes of the earlier run there; they are better than the fallback and stay until this run's first round.
+    """
+    if path.is_file():
+        try:
+            problems = validate_submission(path, task_set)
+        except Exception:  # noqa: BLE001 - unreadable: replaced below like any invalid file
+            problems = ["unreadable"]
+        if not problems:
+            log.warning("%s already holds a valid submission for these tasks: kept until the first round", path)
+            return "kept"
+    write_submission(fallback_attempts(task_set), path)
+    return "fallback"
 
 
 def _measure_and_plan(opts, trainer: Trainer, task_set, variant_index, budget: Budget, timeline: Timeline,
@@ -217,7 +287,8 @@ def _measure_and_plan(opts, trainer: Trainer, task_set, variant_index, budget: B
         trainer.set_total_steps(10**6)  # provisional; fixed once the plan is known
         step_times = []
         for _ in range(opts.measure_steps):
-            if stop() or budget.work_remaining() <= 0:
+            # Collective: a signal reaches ranks at slightly different moments, and train_step all-reduces.
+            if any_rank(stop() or budget.work_remaining() <= 0, dist):
                 break
             t0 = time.perf_counter()
             trainer.train_step()
@@ -289,37 +360,59 @@ def _vote_in_rounds(opts, trainer: Trainer, task_set, variant_index, n_variants:
     rounds = inference_rounds(max(1, n_variants), first_round=opts.first_round)
     done_rounds: list[dict[str, Any]] = []
     per_row_s = throughput.infer_variant_s
-    should_stop = lambda: stop() or budget.work_remaining() <= 0  # noqa: E731
+    # Seconds per row seen on the last batch (first guess: the measured speed) and the rows of the next batch.
+    # No batch starts that would end inside the final-write reserve at that speed, so inference slower than
+    # measured still stops before the deadline.
+    speed = {"row_s": per_row_s, "next_rows": opts.infer_batch_size, "t": budget.clock(), "done": 0}
+
+    def on_batch(done: int, total: int) -> None:
+        now = budget.clock()
+        if done > speed["done"]:
+            speed["row_s"] = (now - speed["t"]) / (done - speed["done"])
+        speed.update(t=now, done=done, next_rows=min(opts.infer_batch_size, total - done))
+        if progress is not None:
+            progress(done, total)
+
+    should_stop = lambda: stop() or budget.work_remaining() <= speed["row_s"] * speed["next_rows"]  # noqa: E731
     with trainer.inference_weights() as model, timeline.phase("infer", planned_variants=n_variants) as ph:
         for lo, hi in rounds:
-            if should_stop():
-                break
             jobs_here = len(build_jobs(task_set, variant_index, (lo, hi), (dist.rank, dist.world_size)))
+            speed["next_rows"] = min(opts.infer_batch_size, max(jobs_here, 1))
+            # Collective: a rank leaving the loop alone would leave the others waiting in all_gather forever.
+            if any_rank(should_stop(), dist):
+                break
             if jobs_here * per_row_s > budget.work_remaining():
                 # Re-plan: this round would overrun; shrink it to what fits, keeping it across all tasks.
                 fit = max(1, int(budget.work_remaining() / max(per_row_s, 1e-9) * (hi - lo) / max(jobs_here, 1)))
                 timeline.event("replan_round", planned=[lo, hi], now=[lo, lo + fit])
                 hi = lo + min(fit, hi - lo)
+            hi = broadcast_object(hi, dist)  # every rank votes the same variants
             round_book = VoteBook()
-            t0 = time.perf_counter()
+            speed.update(t=budget.clock(), done=0)
+            t0 = speed["t"]
             with timeline.phase(f"round {lo}-{hi}"):
                 try:
                     jobs = run_votes(model, task_set, variant_index, (lo, hi), round_book,
                                      batch_size=opts.infer_batch_size, device=trainer.device,
-                                     act_steps=act_steps, should_stop=should_stop, progress=progress,
+                                     act_steps=act_steps, should_stop=should_stop, progress=on_batch,
                                      shard=(dist.rank, dist.world_size))
                 except Exception as exc:  # noqa: BLE001 - keep every vote already counted
                     log.exception("inference round %d-%d failed; keeping the votes so far", lo, hi)
                     timeline.event("round_failed", error=repr(exc))
                     jobs = 0
-            elapsed = time.perf_counter() - t0
+            elapsed = budget.clock() - t0
             if jobs:
                 per_row_s = max(per_row_s, elapsed / jobs)  # slower than measured: later rounds plan with this
             for shard_book in all_gather_objects(round_book.to_dict(), dist):
                 book.merge(VoteBook.from_dict(shard_book))
             done_rounds.append({"variants": [lo, hi], "jobs": jobs, "seconds": elapsed})
             if dist.is_main:
-                write_submission(build_submission(task_set, book.predictions()), submission_path)
+                try:
+                    write_submission(build_submission(task_set, book.predictions()), submission_path)
+                except Exception:  # noqa: BLE001 - a full disk: the last file written stays, the next round retries
+                    log.exception("could not write the submission after round %d-%d; the last one written stands",
+                                  lo, hi)
+                    timeline.event("write_failed", round=[lo, hi])
         ph.info.update(rounds=len(done_rounds))
     return {"planned_variants": n_variants, "rounds": done_rounds, "votes": book.num_votes(),
             "variants_completed": done_rounds[-1]["variants"][1] if done_rounds else 0,
@@ -343,11 +436,8 @@ def _finish(opts: RunOptions, report: dict[str, Any], timeline: Timeline, out: P
             report["score"] = {"pass@1": score.pass_at_1, "pass@2": score.pass_at_2, "tasks": score.num_tasks}
         except Exception as exc:  # noqa: BLE001
             report["score"] = {"error": repr(exc)}
-    try:
-        timeline.to_json(out / "timeline.json")
-        timeline.plot(out / "timeline.png")
-    except Exception:  # noqa: BLE001
-        log.exception("could not write the timeline")
+    # The report first, the plot last: importing matplotlib takes seconds, and a run stopped at its deadline
+    # (by a supervisor or the notebook) should still leave the report.
     try:
         import json
 
@@ -358,6 +448,11 @@ def _finish(opts: RunOptions, report: dict[str, Any], timeline: Timeline, out: P
         tmp.replace(out / "report.json")
     except Exception:  # noqa: BLE001
         log.exception("could not write report.json")
+    try:
+        timeline.to_json(out / "timeline.json")
+        timeline.plot(out / "timeline.png")
+    except Exception:  # noqa: BLE001
+        log.exception("could not write the timeline")
 
 
 def _rescore_reserve_s(opts: RunOptions, throughput: Throughput, n_inputs: int) -> float:
