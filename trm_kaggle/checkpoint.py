@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from . import __version__
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .model import TinyRecursiveModel, TRMConfig, count_parameters
 
 log = logging.getLogger("trm_kaggle.checkpoint")
@@ -107,6 +107,10 @@ def save_checkpoint(model: TinyRecursiveModel, out_dir: str | Path, provenance: 
 
 def read_manifest(ckpt_dir: str | Path) -> dict[str, Any]:
     path = Path(ckpt_dir) / MANIFEST_FILE
+    if Path(ckpt_dir).is_file():
+        # The usual mistake: an upstream step_N file (or our model.safetensors) passed where the folder belongs.
+        raise CheckpointError(f"{ckpt_dir}: is a file, not a folder; a checkpoint is a folder with {MANIFEST_FILE} "
+                              f"and {WEIGHTS_FILE} (convert an upstream step_N file once with `trm-kaggle convert`)")
     if not Path(ckpt_dir).is_dir():
         raise CheckpointError(f"checkpoint folder {str(ckpt_dir)!r} does not exist")
     try:
@@ -122,6 +126,15 @@ def read_manifest(ckpt_dir: str | Path) -> dict[str, Any]:
     for key in ("config", "mean_task_embedding", "weights_sha256"):
         if key not in manifest:
             raise CheckpointError(f"{path}: field {key!r} is missing")
+    # A hand-edited manifest must fail here with its name, not later as an AttributeError deep in torch.
+    if not isinstance(manifest["config"], dict):
+        raise CheckpointError(f"{path}: field 'config' must be an object of TRMConfig fields")
+    mean = manifest["mean_task_embedding"]
+    if not isinstance(mean, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in mean):
+        raise CheckpointError(f"{path}: field 'mean_task_embedding' must be a list of numbers")
+    weights_file = manifest.get("weights_file", WEIGHTS_FILE)
+    if not isinstance(weights_file, str) or Path(weights_file).name != weights_file or weights_file in ("", ".", ".."):
+        raise CheckpointError(f"{path}: weights_file {weights_file!r} must be a file name inside the checkpoint folder")
     return manifest
 
 
@@ -147,7 +160,7 @@ def load_checkpoint(ckpt_dir: str | Path, map_location: str | torch.device = "cp
         raise CheckpointError(f"{weights}: cannot be read as safetensors ({e})") from None
     try:
         config = TRMConfig.from_dict(manifest["config"])
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, ConfigError) as e:  # ConfigError: out-of-range values, from TRMConfig itself
         raise CheckpointError(f"{ckpt_dir / MANIFEST_FILE}: config is invalid ({e})") from None
 
     mean = torch.tensor(manifest["mean_task_embedding"], dtype=torch.float32)
