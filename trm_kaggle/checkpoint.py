@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import re
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -75,10 +75,12 @@ def save_checkpoint(model: TinyRecursiveModel, out_dir: str | Path, provenance: 
     config["num_puzzle_identifiers"] = model.num_puzzle_identifiers if include_table and has_table else 1
 
     weights = out / WEIGHTS_FILE
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".model.", suffix=".tmp")
-    os.close(fd)
+    tmp = _temp_name(weights)
     try:
+        open(tmp, "xb").close()
+        mode = os.stat(tmp).st_mode & 0o777  # what the umask gives a new file: save_file itself writes 0600
         save_file(state, tmp, metadata={"format": FORMAT_NAME})
+        os.chmod(tmp, mode)
         os.replace(tmp, weights)
     finally:
         if os.path.exists(tmp):
@@ -198,10 +200,16 @@ def _model_from_state(config: TRMConfig, state: dict[str, torch.Tensor], source:
     return model
 
 
+def _temp_name(path: Path) -> str:
+    """A fresh name beside `path` for an atomic write. Not mkstemp: its files are 0600 and os.replace keeps that,
+    which leaves a checkpoint folder unreadable to anyone else (a shared box, a container with another user)."""
+    return str(path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+
+
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = _temp_name(path)
     try:
-        with os.fdopen(fd, "w") as f:
+        with open(tmp, "x") as f:
             json.dump(obj, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
