@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import uuid
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -230,9 +231,76 @@ def _strip_upstream_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.
     return out
 
 
+def parse_arch_items(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """`["L_cycles=4", "mlp_t=false", "lora_alpha=null"]` -> {"L_cycles": 4, "mlp_t": False, "lora_alpha": None}.
+
+    Values read as YAML scalars would (int, float, true/false, null, else text), so a command line gives the same
+    arch dict as all_config.yaml does.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"arch value {item!r}: expected KEY=VALUE, e.g. L_cycles=4")
+        out[key.strip()] = _scalar(text.strip())
+    return out
+
+
+def _scalar(text: str) -> Any:
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("null", "none", "~", ""):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if value is None or value in (True, False):  # True, False, 1, 0; None = not set
+        return bool(value)
+    raise ValueError(f"{value!r} is not a bool")
+
+
+def _typed_config_values(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """Give each TRMConfig field its declared type: arch values may arrive as text (`--arch mlp_t=False`), where
+    bool("False") is True and range("4") fails only deep inside a forward pass."""
+    types = {f.name: f.type for f in fields(TRMConfig)}  # annotations are strings: "int", "float", "str", "bool"
+    out = {}
+    for key, value in values.items():
+        kind = types[key]
+        try:
+            if kind == "bool":
+                value = _as_bool(value)
+            elif kind == "int":
+                number = _scalar(value) if isinstance(value, str) else value
+                if isinstance(number, bool) or not isinstance(number, (int, float)) or number != int(number):
+                    raise ValueError
+                value = int(number)
+            elif kind == "float":
+                if isinstance(value, bool):
+                    raise ValueError
+                value = float(value)
+            elif kind == "str":
+                value = str(value)
+        except (TypeError, ValueError, OverflowError):
+            raise CheckpointError(f"{source}: arch value {key}={value!r} is not a valid {kind}") from None
+        out[key] = value
+    return out
+
+
 def _read_upstream_arch(path: Path, arch: dict[str, Any] | None) -> tuple[dict[str, Any], str]:
     if arch is not None:
-        return dict(arch.get("arch", arch)), "given"
+        values, source = arch.get("arch", arch), "given"
+        if not isinstance(values, dict):
+            raise CheckpointError(f"{path}: the given arch must be a mapping of arch values")
+        return dict(values), source
     config_file = path.parent / "all_config.yaml"
     if not config_file.is_file():
         raise CheckpointError(f"{path}: no arch given and no all_config.yaml beside it; pass the arch values "
@@ -243,37 +311,65 @@ def _read_upstream_arch(path: Path, arch: dict[str, Any] | None) -> tuple[dict[s
         raise CheckpointError("reading all_config.yaml needs PyYAML: pip install pyyaml") from None
     try:
         loaded = yaml.safe_load(config_file.read_text())
-    except yaml.YAMLError as e:
-        raise CheckpointError(f"{config_file}: not valid YAML ({e})") from None
-    if not isinstance(loaded, dict):
-        raise CheckpointError(f"{config_file}: expected a mapping")
-    return dict(loaded.get("arch", loaded)), str(config_file)
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
+        raise CheckpointError(f"{config_file}: not valid YAML ({' '.join(str(e).split())})") from None
+    values = loaded.get("arch", loaded) if isinstance(loaded, dict) else loaded
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{config_file}: expected a mapping with an `arch:` mapping of model settings")
+    return dict(values), str(config_file)
 
 
-def _merge_lora(state: dict[str, torch.Tensor], arch: dict[str, Any]) -> dict[str, torch.Tensor]:
+def _merge_lora(state: dict[str, torch.Tensor], arch: dict[str, Any], source: str) -> dict[str, torch.Tensor]:
     """Fold fork LoRA factors into their base weights: W + (alpha / r) B A (TRM_FACTS §8.5)."""
     a_keys = [k for k in state if k.endswith("._lora_A")]
-    if not a_keys:
+    b_keys = [k for k in state if k.endswith("._lora_B")]
+    if not a_keys and not b_keys:
         return state
+    alpha = arch.get("lora_alpha")
+    if isinstance(alpha, str):
+        alpha = _scalar(alpha)
+    if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))):
+        raise CheckpointError(f"{source}: arch lora_alpha={alpha!r} is not a number")
     state = dict(state)
-    for a_key in a_keys:
-        base = a_key.removesuffix("._lora_A")
-        A, B = state.pop(a_key), state.pop(base + "._lora_B")
+    for key in sorted(set(a_keys) | {k[:-1] + "A" for k in b_keys}):  # an orphan B names its missing A
+        base = key.removesuffix("._lora_A")
+        needed = (base + "._lora_A", base + "._lora_B", base + ".weight")
+        missing = [k for k in needed if k not in state]
+        if missing:
+            raise CheckpointError(f"{source}: LoRA adapter {base!r} is incomplete (no {', '.join(missing)})")
+        A, B, w = (state[k] for k in needed)
         rank = A.shape[0]
-        alpha = arch.get("lora_alpha") or rank
-        w = state[base + ".weight"]
-        state[base + ".weight"] = (w.to(torch.float32) + (alpha / rank) * (B.to(torch.float32) @ A.to(torch.float32))).to(w.dtype)
+        if A.ndim != 2 or B.ndim != 2 or B.shape[1] != rank or (B.shape[0], A.shape[1]) != tuple(w.shape):
+            raise CheckpointError(f"{source}: LoRA adapter {base!r} has A {tuple(A.shape)}, B {tuple(B.shape)} "
+                                  f"for a weight of {tuple(w.shape)}")
+        scaling = (alpha or rank) / rank  # the fork: alpha None means alpha = r
+        del state[base + "._lora_A"], state[base + "._lora_B"]
+        delta = scaling * (B.to(torch.float32) @ A.to(torch.float32))
+        state[base + ".weight"] = (w.to(torch.float32) + delta).to(w.dtype)
     log.info("merged %d LoRA adapters into their base weights", len(a_keys))
     return state
 
 
-def upstream_config(state: dict[str, torch.Tensor], arch: dict[str, Any]) -> TRMConfig:
-    """Config from the arch values, with shape-determined fields read from the tensors themselves."""
+def upstream_config(state: dict[str, torch.Tensor], arch: dict[str, Any], overrides: dict[str, Any] | None = None,
+                    source: str = "upstream checkpoint") -> TRMConfig:
+    """Config from the arch values, with shape-determined fields read from the tensors themselves.
+
+    `overrides` (TRMConfig fields) win over both, so a wrong value shows up as a shape mismatch when loading.
+    """
+    known = {f.name for f in fields(TRMConfig)}
     values = {k: v for k, v in arch.items() if k in _UPSTREAM_ARCH_KEYS}
-    if arch.get("mlp_t"):
-        raise CheckpointError("arch.mlp_t=True (MLP-mixer variant) is not supported")
+    try:
+        mlp_t = _as_bool(arch.get("mlp_t", False))
+    except ValueError:
+        raise CheckpointError(f"{source}: arch value mlp_t={arch.get('mlp_t')!r} is not a valid bool") from None
+    if mlp_t:
+        raise CheckpointError(f"{source}: arch mlp_t=True (the MLP-mixer variant) is not supported")
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise CheckpointError(f"{source}: unknown config override(s) {unknown}; expected TRMConfig fields")
     for name in _SHAPELESS:
-        if name not in values:
+        if name not in values and name not in overrides:
             log.warning("upstream arch has no %s; using the paper's value %s (it cannot be read from shapes)",
                         name, getattr(TRMConfig, name))
     if "H_init" in state:
@@ -291,17 +387,19 @@ def upstream_config(state: dict[str, torch.Tensor], arch: dict[str, Any]) -> TRM
     down = state.get("L_level.layers.0.mlp.down_proj.weight")
     if down is not None and "expansion" not in values:
         values["expansion"] = down.shape[1] * 3 / (2 * values.get("hidden_size", 512))
+    values.update(overrides)
     try:
-        return TRMConfig.from_dict(values)
-    except TypeError as e:
-        raise CheckpointError(f"upstream arch is invalid: {e}") from None
+        return TRMConfig.from_dict(_typed_config_values(values, source))
+    except (TypeError, ValueError, ConfigError) as e:
+        raise CheckpointError(f"{source}: the arch gives an invalid config ({e})") from None
 
 
-def load_upstream(path: str | Path, arch: dict[str, Any] | None = None) -> TinyRecursiveModel:
+def load_upstream(path: str | Path, arch: dict[str, Any] | None = None,
+                  overrides: dict[str, Any] | None = None) -> TinyRecursiveModel:
     """Load an upstream `pretrain.py` checkpoint (compiled or not, base or LoRA) into our model, table and all.
 
     `arch` is a dict of upstream arch values (or a whole all_config dict with an `arch` key); when None,
-    `all_config.yaml` beside the file is read.
+    `all_config.yaml` beside the file is read. `overrides` are TRMConfig fields that win over the arch.
     """
     path = Path(path)
     if not path.is_file():
@@ -309,12 +407,13 @@ def load_upstream(path: str | Path, arch: dict[str, Any] | None = None) -> TinyR
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a bad file; all mean the same thing to the user
-        raise CheckpointError(f"{path}: cannot be read as a torch checkpoint ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{path}: cannot be read as a torch checkpoint ({type(e).__name__}: "
+                              f"{' '.join(str(e).split())[:300]})") from None
     if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
         raise CheckpointError(f"{path}: expected a state dict of tensors")
     arch_values, arch_source = _read_upstream_arch(path, arch)
-    state = _merge_lora(_strip_upstream_prefixes(raw), arch_values)
-    config = upstream_config(state, arch_values)
+    state = _merge_lora(_strip_upstream_prefixes(raw), arch_values, source=str(path))
+    config = upstream_config(state, arch_values, overrides, source=str(path))
     model = _model_from_state(config, state, source=str(path))
     model.checkpoint_manifest = {"provenance": {"source": str(path), "arch_from": arch_source}}
     return model
@@ -324,19 +423,16 @@ def convert_upstream(path: str | Path, out_dir: str | Path, arch: dict[str, Any]
                      overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Read an upstream checkpoint once and write our format (trunk + mean task embedding). Returns sizes."""
     path = Path(path)
-    model = load_upstream(path, arch)
-    if overrides:
-        for key, value in overrides.items():
-            if not hasattr(model.config, key):
-                raise CheckpointError(f"unknown config override {key!r}")
-            setattr(model.config, key, type(getattr(model.config, key))(value))
-        model.config.__post_init__()
+    # Overrides go in before the model is built, so it is built (and checked against the tensors) as it is saved.
+    model = load_upstream(path, arch, overrides)
     mean = model.mean_puzzle_embedding() if model.config.puzzle_emb_ndim > 0 else None
+    arch_from = model.checkpoint_manifest["provenance"]["arch_from"]
     provenance = {"converted_from": path.name, "source_sha256": file_sha256(path),
-                  "source_table_rows": model.num_puzzle_identifiers,
-                  "arch_from": model.checkpoint_manifest["provenance"]["arch_from"]}
+                  "source_table_rows": model.num_puzzle_identifiers, "arch_from": arch_from,
+                  "overrides": {k: getattr(model.config, k) for k in (overrides or {})}}
     out = save_checkpoint(model, out_dir, provenance=provenance, include_table=False, mean_embedding=mean)
     before = path.stat().st_size
     after = (out / WEIGHTS_FILE).stat().st_size + (out / MANIFEST_FILE).stat().st_size
     return {"source": str(path), "out": str(out), "bytes_before": before, "bytes_after": after,
-            "table_rows_dropped": provenance["source_table_rows"], "config": model.config.to_dict()}
+            "table_rows_dropped": provenance["source_table_rows"], "arch_from": arch_from,
+            "config": read_manifest(out)["config"]}
