@@ -64,7 +64,7 @@ def save_checkpoint(model: TinyRecursiveModel, out_dir: str | Path, provenance: 
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    state = _fold_lora({k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}, model)
     has_table = TABLE_KEY in state
     if has_table:
         mean = model.mean_puzzle_embedding() if mean_embedding is None else mean_embedding
@@ -97,7 +97,8 @@ def save_checkpoint(model: TinyRecursiveModel, out_dir: str | Path, provenance: 
         "weights_file": WEIGHTS_FILE,
         "weights_sha256": file_sha256(weights),
         "weights_bytes": weights.stat().st_size,
-        "parameter_count": count_parameters(model),
+        "parameter_count": count_parameters(model) - sum(p.numel() for n, p in model.named_parameters()
+                                                          if "._lora_" in n),  # folded away above
         "provenance": {
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "trm_kaggle_version": __version__,
@@ -106,6 +107,21 @@ def save_checkpoint(model: TinyRecursiveModel, out_dir: str | Path, provenance: 
     }
     _write_json_atomic(out / MANIFEST_FILE, manifest)
     return out
+
+
+def _fold_lora(state: dict[str, torch.Tensor], model: TinyRecursiveModel) -> dict[str, torch.Tensor]:
+    """Fold the factors of a model wrapped by optim.apply_lora (`pretrain --mode lora` saves mid-run) into its base
+    weights, as optim.merge_lora would, leaving the live model alone: our format has no LoRA keys, and a file with
+    them would not load."""
+    for name, module in model.named_modules():
+        if not hasattr(module, "_lora_A"):
+            continue
+        prefix = f"{name}." if name else ""
+        A, B = state.pop(prefix + "_lora_A"), state.pop(prefix + "_lora_B")
+        w = state[prefix + "weight"]
+        delta = (B.to(torch.float32) @ A.to(torch.float32)) * module._lora_scaling
+        state[prefix + "weight"] = w + delta.to(w.dtype)
+    return state
 
 
 def read_manifest(ckpt_dir: str | Path) -> dict[str, Any]:
