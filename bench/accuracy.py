@@ -21,8 +21,8 @@ degenerate interval [0, 0], while Wilson still says how large the score could be
 A task with several test inputs scores a fraction; the interval counts the summed task scores as successes.
 
 The budget covers everything after loading: the step-0 evaluation is timed per model row, the later evaluations
-and the rescoring are reserved at that speed (x1.25), and training gets the rest, split evenly between the curve
-points. Points before the last vote over --curve-variants (2) to stay cheap; the last votes over --variants.
+and the rescoring are reserved at that speed (x1.1, re-measured at every point), and training gets the rest,
+split evenly between the curve points. Points before the last vote over --curve-variants (2) to stay cheap; the last votes over --variants.
 
 Choices for small budgets (all flags): every task gets only --num-variants embedding rows (default: as many as
 are voted or rescored, 8), so the rows used at inference are the rows trained; the EMA rate is 0.99 (0.999 over
@@ -67,6 +67,7 @@ DEFAULT_CHALLENGES = ARC_DATA / "arc-agi_evaluation_challenges.json.gz"
 DEFAULT_SOLUTIONS = ARC_DATA / "arc-agi_evaluation_solutions.json.gz"
 DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "trm-cpu-small"
 Z95 = 1.959964
+SAFETY = 1.1  # evaluation time kept = measured seconds per model row x rows to come x this
 
 
 # ------------------------------------------------------------------------------------------------ statistics
@@ -240,20 +241,26 @@ def main(argv=None) -> int:
     print(f"{len(tasks)} held-out tasks ({n_inputs} test inputs, {trainer.sampler.examples_per_epoch} train pairs), "
           f"{n_variants} variants each; budget {budget_s:.0f} s on {args.machine or machine_name()}", flush=True)
 
-    # -- step 0, timed: its cost per model row sizes the reserve for the later points and the final scoring
+    # -- step 0, timed: its cost per model row sizes the time kept for the later points and the final scoring;
+    # every later point re-measures it, and each training segment gets an even share of what is then left.
     n_pairs = trainer.sampler.examples_per_epoch
+    point_rows = n_pairs + n_inputs * args.curve_variants
+    final_rows = n_pairs + n_inputs * (args.variants + args.rescore_augmentations)
+    segments = args.curve_points - 1
+
+    def time_left_to_train(done_segments: int, row_s: float) -> float:
+        to_evaluate = (segments - 1 - done_segments) * point_rows + final_rows
+        return budget_s - (time.monotonic() - started) - SAFETY * row_s * to_evaluate
+
     points = []
     t0 = time.monotonic()
     point, book = curve_point(trainer, task_set, index, solutions, args, started, [], args.curve_variants)
     points.append(point)
-    row_s = (time.monotonic() - t0) / (n_pairs + n_inputs * args.curve_variants)
-    segments = args.curve_points - 1
-    middle_rows = (segments - 1) * (n_pairs + n_inputs * args.curve_variants)
-    final_rows = n_pairs + n_inputs * (args.variants + args.rescore_augmentations)
-    reserve = 1.25 * row_s * (middle_rows + final_rows)
-    train_s = budget_s - (time.monotonic() - started) - reserve
+    row_s = (time.monotonic() - t0) / point_rows
+    train_s = time_left_to_train(0, row_s)
     if train_s <= 0:
-        print(f"warning: the budget leaves no time to train (the evaluations need ~{reserve:.0f} s)", flush=True)
+        print(f"warning: the budget leaves no time to train (the evaluations need ~{-train_s + budget_s:.0f} s "
+              "from the start)", flush=True)
         segments = 1  # straight to the final evaluation
     history: list[dict] = []
     step_s = [0.0]
@@ -265,11 +272,10 @@ def main(argv=None) -> int:
         if first is not None:
             history.append(asdict(first))
         trainer.set_total_steps(max(1, int(train_s / max(step_s[0], 1e-6))))
-    train_end = time.monotonic() + max(train_s, 0.0) - step_s[0]
     for i in range(segments):
         losses: list[float] = [history[-1]["loss"]] if i == 0 and history else []
         if train_s > 0:
-            seg_end = train_end - (segments - 1 - i) * train_s / segments
+            seg_end = time.monotonic() + max(0.0, time_left_to_train(i, row_s)) / (segments - i)
 
             def on_step(stats, losses=losses):
                 step_s[0] = stats.seconds
@@ -278,9 +284,12 @@ def main(argv=None) -> int:
 
             trainer.train(should_stop=lambda seg_end=seg_end: time.monotonic() + step_s[0] > seg_end, on_step=on_step)
         last = i == segments - 1
+        t0 = time.monotonic()
         point, book = curve_point(trainer, task_set, index, solutions, args, started, losses,
                                   args.variants if last else args.curve_variants)
         points.append(point)
+        if not last:
+            row_s = (time.monotonic() - t0) / point_rows
 
     # -- final: the last point's votes, ranked two ways on the same model
     results = {"vote": score(task_set, book.predictions(k=2), solutions)}
