@@ -135,6 +135,7 @@ def score_candidates(
 
     sums = [np.zeros(len(c)) for _, c, _ in slots]
     views_done = [0] * len(slots)
+    failed: set[int] = set()  # slots with a failed model call: never complete, they keep the vote order
     failures = 0
     done = 0
     if progress is not None:
@@ -157,8 +158,7 @@ def score_candidates(
             failures += 1
             if failures == 1:
                 log.warning("rescoring: a model call failed; its test inputs keep their vote order", exc_info=True)
-            for pos, _, _ in batch:
-                views_done[pos] = -len(rows)  # never complete
+            failed.update(pos for pos, _, _ in batch)
             done += len(batch)
             continue
         for row, (pos, aug, _) in enumerate(batch):
@@ -180,7 +180,7 @@ def score_candidates(
     return {
         slot: (sums[pos] / n_views).tolist()
         for pos, (slot, _, n_views) in enumerate(slots)
-        if views_done[pos] == n_views
+        if views_done[pos] == n_views and pos not in failed
     }
 
 
