@@ -415,6 +415,36 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------- convert
+
+def _convert_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("upstream_ckpt", metavar="UPSTREAM_CKPT",
+                   help="upstream pretrain.py checkpoint file (step_<N>); all_config.yaml beside it gives the arch")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write: model.safetensors + manifest.json")
+    p.add_argument("--arch", nargs="+", action="extend", default=None, metavar="KEY=VALUE",
+                   help="upstream arch values, used instead of all_config.yaml, e.g. L_cycles=4 puzzle_emb_len=16 "
+                        "(H_cycles, L_cycles, puzzle_emb_len, halt_max_steps, num_heads leave no trace in tensors)")
+    p.add_argument("--puzzle-emb-len", type=int, default=None, metavar="N",
+                   help="override puzzle_emb_len: 16 for the paper's models, 1 in the fork's yaml")
+
+
+@command("convert", "Convert an upstream TRM checkpoint once into our format (trunk + mean task embedding).",
+         _convert_arguments)
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .checkpoint import convert_upstream, parse_arch_items
+
+    arch = parse_arch_items(args.arch) if args.arch else None
+    overrides = {"puzzle_emb_len": args.puzzle_emb_len} if args.puzzle_emb_len is not None else None
+    info = convert_upstream(args.upstream_ckpt, args.out_dir, arch=arch, overrides=overrides)
+    before, after = info["bytes_before"], info["bytes_after"]
+    print(f"read   {info['source']}: {before / 1e6:,.2f} MB ({info['table_rows_dropped']:,} task-embedding rows, "
+          f"kept as their mean; arch from {info['arch_from']})")
+    print("config " + " ".join(f"{k}={v}" for k, v in info["config"].items()))
+    print(f"wrote  {info['out']}: {after / 1e6:,.2f} MB (model.safetensors + manifest.json), "
+          f"{before / max(after, 1):.1f}x smaller")
+    return 0
+
+
 # ------------------------------------------------------------------------------------- hubs
 
 def _fetch_arguments(p: argparse.ArgumentParser) -> None:
