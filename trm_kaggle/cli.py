@@ -276,22 +276,46 @@ def _run_arguments(p: argparse.ArgumentParser, rehearsal: bool = False) -> None:
     p.add_argument("--act-steps", type=int, default=None, help="ACT steps at inference (default halt_max_steps)")
     p.add_argument("--no-resume", action="store_true", help="ignore a saved training state in --out")
     _selection_argument(p)
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="N local ranks (one per GPU, or gloo on CPU) under a supervisor that recovers from a dead "
+                        "rank with a single-process run (default 1: no supervisor)")
+    p.add_argument("--deadline", type=float, default=None, metavar="UNIX_TIME",
+                   help="absolute end time (Unix seconds), instead of --budget from now; the supervisor passes it "
+                        "to its ranks")
     _train_arguments(p)
 
 
 def _run(args: argparse.Namespace, rehearsal: bool) -> int:
+    import os
+
     from .budget import parse_duration
+    from .errors import ConfigError
+
+    budget_s = parse_duration(args.budget)
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc must be at least 1, got {args.nproc}")
+    if args.nproc > 1 and "RANK" not in os.environ:  # the parent; its ranks have RANK set and run below
+        from .supervise import margin_s, supervise
+
+        deadline = args.deadline if args.deadline is not None else time.time() + budget_s
+        margin = margin_s(deadline - time.time())
+        return supervise(args.argv, args.nproc, deadline - margin, args.out, args.challenges,
+                         grace_s=margin / 3)
+
     from .pipeline import RunOptions, run_pipeline
 
     opts = RunOptions(checkpoint=args.checkpoint, challenges=args.challenges, out_dir=args.out,
-                      budget_s=parse_duration(args.budget), solutions=args.solutions, train=_train_config(args),
+                      budget_s=budget_s, solutions=args.solutions, train=_train_config(args),
                       max_steps=args.max_steps, max_variants=args.max_variants, infer_batch_size=args.infer_batch,
                       selection=args.selection,
-                      act_steps=args.act_steps, device=args.device, resume=not args.no_resume)
+                      act_steps=args.act_steps, device=args.device, resume=not args.no_resume,
+                      deadline=args.deadline)
+    main_rank = os.environ.get("RANK", "0") == "0"  # under --nproc, one rank speaks for all
     steps = _StepPrinter()
-    result = run_pipeline(opts, on_step=steps)
+    result = run_pipeline(opts, on_step=steps if main_rank else None)
     steps.close()
-    _print_summary(result.report, rehearsal)
+    if main_rank:
+        _print_summary(result.report, rehearsal)
     return result.exit_code
 
 
@@ -489,7 +513,9 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)  # argparse itself exits 2 on a usage error
+    args.argv = argv  # `run --nproc N` starts its ranks with the same command line
     if not logging.getLogger().handlers:  # library warnings (e.g. an invalid task) reach stderr
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -9,6 +9,7 @@ The trunk is data-parallel (gradients summed), task-embedding rows are all-gathe
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -45,7 +46,10 @@ def init_distributed(device: str | None = None) -> DistInfo:
     else:
         dev = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        # torch waits 10-30 min on a collective whose peer is gone; TRM_KAGGLE_DIST_TIMEOUT (seconds) shortens it.
+        timeout = os.environ.get("TRM_KAGGLE_DIST_TIMEOUT")
+        extra = {"timeout": datetime.timedelta(seconds=float(timeout))} if timeout else {}
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", **extra)
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev)
 
 
