@@ -14,7 +14,7 @@ import yaml
 
 from trm_kaggle.checkpoint import (
     MANIFEST_FILE, WEIGHTS_FILE, convert_upstream, load_checkpoint, load_upstream, parse_arch_items, read_manifest,
-    save_checkpoint,
+    save_checkpoint, upstream_config,
 )
 from trm_kaggle.encoding import encode_grid
 from trm_kaggle.errors import CheckpointError, ConfigError
@@ -277,6 +277,20 @@ def test_arch_values_given_as_strings_are_read_as_their_config_types(tmp_path, i
     assert loaded.config == TRMConfig(**{**SMALL, "num_puzzle_identifiers": 1})
     loaded.resize_puzzle_table(2, mean=loaded.checkpoint_mean)
     _assert_same_predictions(_mean_table_copy(model, 2), loaded, inputs, (0, 1, 1))
+
+
+@pytest.mark.parametrize("hidden, heads", [(64, 4), (128, 4), (512, 8)])
+def test_an_arch_without_expansion_reads_the_mlp_width_from_the_tensors_and_keeps_the_papers_4(hidden, heads):
+    with torch.device("meta"):  # shapes are all that matter here, and a 512 model need not be initialised
+        model = TinyRecursiveModel(TRMConfig(hidden_size=hidden, num_heads=heads, puzzle_emb_ndim=hidden))
+    shapes = model.state_dict()
+    state = {k: torch.zeros(v.shape, dtype=v.dtype) for k, v in shapes.items()}
+    arch = {"hidden_size": hidden, "num_heads": heads, "H_cycles": 3, "L_cycles": 4, "puzzle_emb_len": 16,
+            "halt_max_steps": 16}
+    config = upstream_config(state, arch)
+    assert config.expansion == 4.0 and config.mlp_hidden == state["L_level.layers.0.mlp.down_proj.weight"].shape[1]
+    state["L_level.layers.0.mlp.down_proj.weight"] = torch.zeros(hidden, 2048)  # a genuinely wider MLP
+    assert upstream_config(state, arch).mlp_hidden == 2048
 
 
 def test_arch_items_parse_as_yaml_scalars():

@@ -402,7 +402,12 @@ def upstream_config(state: dict[str, torch.Tensor], arch: dict[str, Any], overri
         values["L_layers"] = max(layer_ids) + 1
     down = state.get("L_level.layers.0.mlp.down_proj.weight")
     if down is not None and "expansion" not in values:
-        values["expansion"] = down.shape[1] * 3 / (2 * values.get("hidden_size", 512))
+        # The width is expansion * D * 2/3 rounded up to a multiple of 256, so many expansions give one width: keep
+        # the paper's 4 when it fits (else the manifest would say 4.5 for D 512), otherwise invert the formula.
+        width, hidden = down.shape[1], values.get("hidden_size", 512)
+        paper = TRMConfig.expansion
+        fits = -(round(paper * hidden * 2 / 3) // -256) * 256 == width
+        values["expansion"] = paper if fits else width * 3 / (2 * hidden)
     values.update(overrides)
     try:
         return TRMConfig.from_dict(_typed_config_values(values, source))
