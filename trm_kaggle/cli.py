@@ -275,6 +275,8 @@ def _run_arguments(p: argparse.ArgumentParser, rehearsal: bool = False) -> None:
     p.add_argument("--infer-batch", type=int, default=64, help="rows per inference call (default 64)")
     p.add_argument("--act-steps", type=int, default=None, help="ACT steps at inference (default halt_max_steps)")
     p.add_argument("--no-resume", action="store_true", help="ignore a saved training state in --out")
+    p.add_argument("--save-every", default="5m", metavar="DURATION",
+                   help="save the training state in --out this often, for a rerun to resume from (default 5m)")
     _selection_argument(p)
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="N local ranks (one per GPU, or gloo on CPU) under a supervisor that recovers from a dead "
@@ -287,6 +289,7 @@ def _run_arguments(p: argparse.ArgumentParser, rehearsal: bool = False) -> None:
 
 def _run(args: argparse.Namespace, rehearsal: bool) -> int:
     import os
+    from dataclasses import replace
 
     from .budget import parse_duration
     from .errors import ConfigError
@@ -305,7 +308,8 @@ def _run(args: argparse.Namespace, rehearsal: bool) -> int:
     from .pipeline import RunOptions, run_pipeline
 
     opts = RunOptions(checkpoint=args.checkpoint, challenges=args.challenges, out_dir=args.out,
-                      budget_s=budget_s, solutions=args.solutions, train=_train_config(args),
+                      budget_s=budget_s, solutions=args.solutions,
+                      train=replace(_train_config(args), save_every_s=parse_duration(args.save_every)),
                       max_steps=args.max_steps, max_variants=args.max_variants, infer_batch_size=args.infer_batch,
                       selection=args.selection,
                       act_steps=args.act_steps, device=args.device, resume=not args.no_resume,
