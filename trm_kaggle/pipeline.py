@@ -26,6 +26,7 @@ stop are taken by all ranks together, so no rank is left waiting in a collective
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import signal
@@ -286,9 +287,12 @@ def _measure_and_plan(opts, trainer: Trainer, task_set, variant_index, budget: B
     with timeline.phase("measure") as ph:
         trainer.set_total_steps(10**6)  # provisional; fixed once the plan is known
         step_times = []
+        # Measuring is itself bounded: at most a tenth of the budget, whatever a busy machine makes a step cost.
+        measure_until = budget.clock() + 0.1 * budget.work_remaining()
         for _ in range(opts.measure_steps):
+            over = bool(step_times) and budget.clock() >= measure_until
             # Collective: a signal reaches ranks at slightly different moments, and train_step all-reduces.
-            if any_rank(stop() or budget.work_remaining() <= 0, dist):
+            if any_rank(stop() or budget.work_remaining() <= 0 or over, dist):
                 break
             t0 = budget.clock()  # the clock the plan divides: a fake one in tests, wall time on Kaggle
             trainer.train_step()
@@ -296,7 +300,9 @@ def _measure_and_plan(opts, trainer: Trainer, task_set, variant_index, budget: B
         # The first step pays for allocation and warm-up: prefer the later ones.
         timed = step_times[1:] or step_times or [float("inf")]
         train_step_s = sorted(timed)[len(timed) // 2]
-        jobs = build_jobs(task_set, variant_index, (0, 1))[: opts.infer_batch_size]
+        # On a CPU the cost per row barely depends on the batch, so a few rows suffice; a GPU needs a full batch.
+        rows = opts.infer_batch_size if trainer.device.type == "cuda" else min(opts.infer_batch_size, 8)
+        jobs = build_jobs(task_set, variant_index, (0, 1))[:rows]
         infer_variant_s = _time_inference(trainer, jobs, task_set, act_steps, budget.clock)
         ph.info.update(train_step_s=train_step_s, infer_variant_s=infer_variant_s, steps=len(step_times))
     throughput = Throughput(train_step_s=train_step_s if math.isfinite(train_step_s) else 1e9,
@@ -544,7 +550,9 @@ def pretrain_pipeline(opts: PretrainOptions, clock: Callable[[], float] = time.t
         log.warning("resumed pre-training from step %d", meta["step"])
     budget = Budget.from_duration(opts.budget_s, clock=clock) if opts.budget_s else None
     target = opts.steps if opts.steps else None
-    trainer.set_total_steps(target or 10**6)
+    # The schedule must not depend on how the run is bounded: `--steps N` then reproduces a run that a
+    # `--budget` stopped at step N, bit for bit (a constant LR ignores the total; warm-up is not capped).
+    trainer.set_total_steps(target if train_cfg.lr_schedule == "cosine" and target else 10**6)
     started = time.perf_counter()
     provenance = {"kind": "pretrained", "data": [[c, s] for c, s in opts.data], "tasks": len(tasks),
                   "examples_per_epoch": trainer.sampler.examples_per_epoch, "train_config": asdict(train_cfg)}
@@ -552,9 +560,15 @@ def pretrain_pipeline(opts: PretrainOptions, clock: Callable[[], float] = time.t
     def save_all() -> None:
         trainer.save_state(state_dir)
         if dist.is_main:
-            with trainer.inference_weights():
-                save_checkpoint(model, out / "checkpoint", provenance={**provenance, "steps": trainer.step,
-                                                                       "device": str(dist.device)})
+            # An EMA without warm-up is mostly its random start until steps x (1 - rate) is large (0.999^260 =
+            # 0.77): export it only once it has forgotten that start (e^-5), else the live weights.
+            rate = trainer.config.ema_rate
+            use_ema = trainer.ema is not None and trainer.step * (1 - rate) >= 5
+            weights = trainer.inference_weights() if use_ema else contextlib.nullcontext()
+            with weights:
+                save_checkpoint(model, out / "checkpoint", provenance={
+                    **provenance, "steps": trainer.step, "device": str(dist.device),
+                    "weights": f"EMA {rate}" if use_ema else "live (the EMA has not yet forgotten its random start)"})
 
     summary = trainer.train(max_steps=target, on_step=on_step, save_state=save_all,
                             should_stop=(lambda: budget.work_remaining() <= 0) if budget else (lambda: False))
