@@ -189,6 +189,7 @@ def run_pipeline(opts: RunOptions, clock: Callable[[], float] = time.time, dist:
         train_plan, throughput = _measure_and_plan(opts, trainer, task_set, variant_index, budget, timeline,
                                                    n_inputs, act_steps, dist, stop)
         report["throughput"] = throughput.to_dict()
+        report["train_batch"] = opts.train.global_batch_size
         report["plan"] = train_plan.to_dict()
         report["projection_12h"] = _projection(throughput, train_plan, n_inputs, dist)
 
@@ -300,9 +301,8 @@ def _measure_and_plan(opts, trainer: Trainer, task_set, variant_index, budget: B
         # The first step pays for allocation and warm-up: prefer the later ones.
         timed = step_times[1:] or step_times or [float("inf")]
         train_step_s = sorted(timed)[len(timed) // 2]
-        # On a CPU the cost per row barely depends on the batch, so a few rows suffice; a GPU needs a full batch.
-        rows = opts.infer_batch_size if trainer.device.type == "cuda" else min(opts.infer_batch_size, 8)
-        jobs = build_jobs(task_set, variant_index, (0, 1))[:rows]
+        # A full inference batch: per-row cost depends on the batch size, on a GPU most of all.
+        jobs = build_jobs(task_set, variant_index, (0, 1))[: opts.infer_batch_size]
         infer_variant_s = _time_inference(trainer, jobs, task_set, act_steps, budget.clock)
         ph.info.update(train_step_s=train_step_s, infer_variant_s=infer_variant_s, steps=len(step_times))
     throughput = Throughput(train_step_s=train_step_s if math.isfinite(train_step_s) else 1e9,
@@ -365,6 +365,15 @@ def _vote_in_rounds(opts, trainer: Trainer, task_set, variant_index, n_variants:
                     budget: Budget, timeline: Timeline, book: VoteBook, submission_path: Path, act_steps: int,
                     dist: DistInfo, stop, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     rounds = inference_rounds(max(1, n_variants), first_round=opts.first_round)
+    # Time left after the plan's rounds (the speed was over-estimated, or training ended early) goes to more
+    # variants, up to the preferred maximum: rounds span all tasks, so the deadline may cut one anywhere.
+    available = max(len(v) for v in variant_index.variants.values())
+    ceiling = min(available, opts.max_variants or max(opts.preferred_variants))
+    start = rounds[-1][1]
+    while start < ceiling:
+        stop_at = min(ceiling, start + max(opts.first_round, start))
+        rounds.append((start, stop_at))
+        start = stop_at
     done_rounds: list[dict[str, Any]] = []
     per_row_s = throughput.infer_variant_s
     # Seconds per row seen on the last batch (first guess: the measured speed) and the rows of the next batch.
