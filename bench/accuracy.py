@@ -140,6 +140,17 @@ def score(task_set: TaskSet, predictions, solutions) -> dict:
         total = sum(v[idx] for v in per_task.values())
         lo, hi = wilson(total, n)
         out[k] = {"value": total / n if n else float("nan"), "solved_tasks": total, "ci95_wilson": [lo, hi]}
+    # Below exact match: does attempt 1 have the right shape, and how many of its cells are right?
+    shapes, cells = [], []
+    for task_id in task_set.task_ids:
+        for i, truth in enumerate(solutions[task_id]):
+            ranked = predictions.get(task_id, [])
+            first = np.asarray(ranked[i][0]) if i < len(ranked) and ranked[i] else None
+            same = first is not None and first.shape == truth.shape
+            shapes.append(same)
+            cells.append(float((first == truth).mean()) if same else 0.0)
+    out["attempt1_shape_match"] = sum(shapes) / len(shapes) if shapes else float("nan")
+    out["attempt1_cell_accuracy"] = sum(cells) / len(cells) if cells else float("nan")
     out["per_task"] = per_task
     return out
 
@@ -299,6 +310,9 @@ def main(argv=None) -> int:
                               weight=args.rescore_weight, batch_size=args.infer_batch, device=args.device,
                               act_steps=args.act_steps)
     results["rescore"] = score(task_set, predictions, solutions)
+    vote_first = book.predictions(k=1)
+    changed = sum(1 for t in task_set.task_ids for i, ranked in enumerate(predictions.get(t, []))
+                  if ranked and vote_first[t][i] and not np.array_equal(ranked[0], vote_first[t][i][0]))
     rescore_elapsed = time.monotonic() - t0
     wins = sum(results["rescore"]["per_task"][t][1] > results["vote"]["per_task"][t][1] for t in task_set.task_ids)
     losses_n = sum(results["rescore"]["per_task"][t][1] < results["vote"]["per_task"][t][1] for t in task_set.task_ids)
@@ -316,7 +330,7 @@ def main(argv=None) -> int:
         "budget_s": budget_s, "elapsed_s": round(elapsed, 1), "train_s_planned": round(max(train_s, 0), 1),
         "steps": trainer.step, "train_config": asdict(config), "variants_voted": args.variants,
         "rescore": {"top_k": args.top_k, "augmentations": args.rescore_augmentations, "weight": args.rescore_weight,
-                    "seconds": round(rescore_elapsed, 1),
+                    "seconds": round(rescore_elapsed, 1), "attempt1_changed": changed,
                     "test_inputs_with_2plus_candidates": sum(len(book.ranked(*s)) >= 2 for s in slots)},
         "results": {k: {kk: vv for kk, vv in v.items() if kk != "per_task"} for k, v in results.items()},
         "paired_pass2": {"rescore_wins": wins, "rescore_losses": losses_n, "sign_test_p": sign_test(wins, losses_n)},
@@ -353,7 +367,14 @@ def markdown(report: dict) -> str:
     lines.append(f"{report['tasks']} tasks ({report['test_inputs']} test inputs), {report['steps']} post-training "
                  f"steps, budget {report['budget_s']:.0f} s (elapsed {report['elapsed_s']:.0f} s), seed "
                  f"{report['seed']}, {report['machine']}, {report['date']}. Paired at pass@2: rescore wins "
-                 f"{pair['rescore_wins']}, loses {pair['rescore_losses']} (sign test p = {pair['sign_test_p']:.2f}).")
+                 f"{pair['rescore_wins']}, loses {pair['rescore_losses']} (sign test p = {pair['sign_test_p']:.2f}); "
+                 f"rescoring changed attempt 1 on {report['rescore']['attempt1_changed']} of "
+                 f"{report['rescore']['test_inputs_with_2plus_candidates']} test inputs with 2+ candidates.")
+    lines.append("")
+    lines.append("| selection | attempt 1 right shape | attempt 1 cells right (0 if wrong shape) |")
+    lines.append("|---|---|---|")
+    for name, r in report["results"].items():
+        lines.append(f"| {name} | {100 * r['attempt1_shape_match']:.1f}% | {100 * r['attempt1_cell_accuracy']:.1f}% |")
     lines.append("")
     lines.append("| step | seconds | train-pair exact | held-out pass@2 (vote) | variants voted |")
     lines.append("|---|---|---|---|---|")
