@@ -26,6 +26,7 @@ stop are taken by all ranks together, so no rank is left waiting in a collective
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import math
@@ -391,7 +392,10 @@ def _vote_in_rounds(opts, trainer: Trainer, task_set, variant_index, n_variants:
 
     should_stop = lambda: stop() or budget.work_remaining() <= speed["row_s"] * speed["next_rows"]  # noqa: E731
     with trainer.inference_weights() as model, timeline.phase("infer", planned_variants=n_variants) as ph:
-        for lo, hi in rounds:
+        queue = collections.deque(rounds)
+        while queue:
+            lo, hi = queue.popleft()
+            planned_hi = hi
             jobs_here = len(build_jobs(task_set, variant_index, (lo, hi), (dist.rank, dist.world_size)))
             speed["next_rows"] = min(opts.infer_batch_size, max(jobs_here, 1))
             # Collective: a rank leaving the loop alone would leave the others waiting in all_gather forever.
@@ -403,6 +407,8 @@ def _vote_in_rounds(opts, trainer: Trainer, task_set, variant_index, n_variants:
                 timeline.event("replan_round", planned=[lo, hi], now=[lo, lo + fit])
                 hi = lo + min(fit, hi - lo)
             hi = broadcast_object(hi, dist)  # every rank votes the same variants
+            if hi < planned_hi:
+                queue.appendleft((hi, planned_hi))  # the part cut off comes next: no variant is skipped
             round_book = VoteBook()
             speed.update(t=budget.clock(), done=0)
             t0 = speed["t"]
