@@ -314,7 +314,8 @@ class Trainer:
 
     def _forward_backward(self, batch, exploration, micro: int):
         """Forward/backward over row chunks of the local batch; the new carry is committed only if all succeed."""
-        assert self.carry is not None
+        if self.carry is None:  # train_step creates it; reaching here without one is a programming error
+            raise RuntimeError("Trainer._forward_backward called before the ACT carry was created")
         G = self.config.global_batch_size
         parts, ids, rows = [], [], []
         totals = {"loss": 0.0, "lm_loss": 0.0, "q_halt_loss": 0.0}
