@@ -22,7 +22,8 @@ A task with several test inputs scores a fraction; the interval counts the summe
 
 The budget covers everything after loading: the step-0 evaluation is timed per model row, the later evaluations
 and the rescoring are reserved at that speed (x1.1, re-measured at every point), and training gets the rest,
-split evenly between the curve points. Points before the last vote over --curve-variants (2) to stay cheap; the last votes over --variants.
+split evenly between the curve points. Points before the last vote over --curve-variants (2) to stay cheap; the
+last votes over --variants.
 
 Choices for small budgets (all flags): every task gets only --num-variants embedding rows (default: as many as
 are voted or rescored, 8), so the rows used at inference are the rows trained; the EMA rate is 0.99 (0.999 over
@@ -98,7 +99,7 @@ def pretraining_task_ids(model) -> set[str]:
     ids: set[str] = set()
     for entry in model.checkpoint_manifest.get("provenance", {}).get("data", []) or []:
         challenges = entry[0] if isinstance(entry, (list, tuple)) else entry
-        for base in (Path(challenges), ROOT / challenges, Path.cwd() / challenges):
+        for base in (Path(challenges), ROOT / challenges, Path.cwd() / challenges, ARC_DATA / Path(challenges).name):
             if base.is_file():
                 try:
                     ids |= set(load_tasks(base).task_ids)
@@ -220,6 +221,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads (on a shared CPU, 1 thread avoids oversubscription)")
     p.add_argument("--machine", default=None, help="hardware as reported (default: detected)")
+    p.add_argument("--save-model", action="store_true",
+                   help="also write post_trained/ (checkpoint with task table) and book.json, to re-rank offline")
     p.add_argument("--out", default=str(ROOT / "runs" / "accuracy"), help="results.json, learning_curve.png")
     args = p.parse_args(argv)
     if args.curve_points < 2:
@@ -324,7 +327,8 @@ def main(argv=None) -> int:
         "checkpoint": args.checkpoint,
         "checkpoint_provenance": {k: model.checkpoint_manifest.get("provenance", {}).get(k)
                                   for k in ("kind", "steps", "tasks", "device")},
-        "challenges": args.challenges, "tasks": len(tasks), "task_ids": task_set.task_ids, "test_inputs": n_inputs,
+        "challenges": args.challenges, "solutions": args.solutions, "tasks": len(tasks), "task_ids": task_set.task_ids,
+        "test_inputs": n_inputs,
         "small_grids": args.small_grids, "max_side": args.max_side if args.small_grids else None,
         "excluded_pretraining_ids": len(exclude & set(load_tasks(args.challenges).task_ids)),
         "budget_s": budget_s, "elapsed_s": round(elapsed, 1), "train_s_planned": round(max(train_s, 0), 1),
@@ -340,6 +344,15 @@ def main(argv=None) -> int:
         "history": history,
     }
     (out / "results.json").write_text(json.dumps(report, indent=1))
+    if args.save_model:  # the post-trained model (EMA weights, with its task table) and the final votes
+        from trm_kaggle.checkpoint import save_checkpoint
+
+        with trainer.inference_weights() as m:
+            save_checkpoint(m, out / "post_trained", include_table=True,
+                            provenance={"kind": "post-trained", "bench": "accuracy", "steps": trainer.step,
+                                        "task_ids": task_set.task_ids, "num_variants": n_variants,
+                                        "seed": args.seed})
+        (out / "book.json").write_text(json.dumps(book.to_dict()))
     note = (f"{len(tasks)} held-out ARC-AGI-1 eval tasks{' (grids <= %d)' % args.max_side if args.small_grids else ''}"
             f", seed {args.seed}, budget {budget_s:.0f} s, {report['machine']}; held-out pass@2 by vote over "
             f"{args.curve_variants} variants ({args.variants} at the last point)")

@@ -171,6 +171,17 @@ def test_ranking_rule_trades_vote_ratio_against_log_probability():
     assert rank_rescored([a, b], [math.nan, -math.inf]) == [a, b]  # unusable scores fall back to votes
 
 
+def test_a_smaller_grid_gets_no_free_pass_for_the_cells_it_does_not_claim():
+    # Equal votes. The 1x1 answer's canvas has 3 scored tokens (cell, EOS right, EOS below), the 3x3 one 15.
+    small = Candidate(np.zeros((1, 1), np.uint8), votes=2, q_sum=2.0)
+    large = Candidate(np.ones((3, 3), np.uint8), votes=2, q_sum=0.0)
+    # Summed, the small grid looks likelier (-3 > -6); per token it is not (-1.0 < -0.4): the large one wins.
+    assert rank_rescored([small, large], [-3.0, -6.0]) == [large, small]
+    # Same shape: the sums themselves are compared.
+    other = Candidate(np.full((3, 3), 2, np.uint8), votes=2, q_sum=0.0)
+    assert rank_rescored([large, other], [-6.0, -5.0]) == [other, large]
+
+
 def test_selection_names_are_checked():
     assert check_selection("rescore") == "rescore"
     with pytest.raises(ConfigError, match="vote, rescore"):

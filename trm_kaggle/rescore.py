@@ -8,20 +8,28 @@ seen through a fixed set of the task's augmentations, as the ARChitects' "produc
     views      = the task's first A trained variants (identity first)         # same set for every candidate
     logp_a(c)  = sum over non-PAD tokens t of a(c)'s canvas of log_stablemax(model(a(x), id_a))[t]
     lp(c)      = mean over the views of logp_a(c)                               # nats; log of a geometric mean
-    key(c)     = log(votes(c) / votes in the slot) + weight * lp(c)             # weight 1 by default
+    n(c)       = non-PAD tokens of c's canvas (cells + EOS border; the same in every view)
+    key(c)     = log(votes(c) / votes in the slot) + weight * N * lp(c) / n(c)  # N = largest n(c) of the slot
 
 The top-K candidates of a (task, test input) are sorted by key, then votes, lp and mean q (so weight 0 is the
-vote order with the likelihood breaking ties, and a large weight is the ARChitects' pure likelihood ranking);
-candidates below the top K keep their vote order after them.
+vote order with the likelihood breaking ties, and a large weight ranks by likelihood alone, as the ARChitects
+did); candidates below the top K keep their vote order after them.
 
 Why this rule:
   * Both terms are log-probabilities in nats: the vote share estimates how often the model lands on `c`
-    across all voted views, lp(c) how strongly it supports `c` under the fixed views. Adding them is a
-    product of two experts, with no scale to tune; the denominator is the same for every candidate of a
-    slot, so only the vote ratio matters, and the key is unchanged by how many variants were voted.
+    across all voted views, the second term how strongly it supports `c` under the fixed views. Adding them
+    is a product of two experts; the vote share's denominator is the same for every candidate of a slot, so
+    only the vote ratio matters, and the key does not change with the number of variants voted.
+  * Per token, scaled to the slot's largest canvas: PAD is never a training target, so a TRM likelihood
+    summed over a candidate's own tokens gives a smaller grid a free pass on every cell it does not claim
+    (an autoregressive LLM pays for stopping early; TRM does not). With the raw sum, rescoring moved attempt 1
+    to a smaller, wrong-shaped grid: on the bundled CPU checkpoint (2 seeds x 20 held-out tasks,
+    bench/rescore_rules.py) attempt 1 had the right shape for 45% / 39% of test inputs by vote, 36% / 22% by
+    the summed rule, 50% / 39% by this one. Candidates of one shape get exactly their summed likelihood
+    compared (n(c) = N), so nothing changes where the sum is fair.
   * Only candidates the voter already produced are scored: rescoring reorders, never invents.
-  * Votes still count: a candidate needs about log(v1/v2) nats of extra likelihood per view to overtake one
-    with v1/v2 times its votes.
+  * Votes still count: a candidate needs about log(v1/v2) nats more (at the slot's canvas size) to overtake
+    one with v1/v2 times its votes.
 
 The log-probability is log-stablemax (f64), not log-softmax: post-training minimises stablemax cross-entropy
 (train.act_loss), so log_stablemax of the logits is the likelihood the model was fitted to; a softmax of the
@@ -48,7 +56,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .encoding import PAD_TOKEN, encode_grid
+from .encoding import GRID_SIZE, PAD_TOKEN, encode_grid
 from .errors import ConfigError
 from .train import log_stablemax
 from .vote import Candidate, VoteBook
@@ -184,22 +192,33 @@ def score_candidates(
     }
 
 
+def canvas_tokens(grid: Any) -> int:
+    """Non-PAD tokens of a grid's canvas: its cells, plus the EOS row and column where they fit (0 if malformed)."""
+    shape = np.shape(grid)
+    if len(shape) != 2:
+        return 0
+    h, w = shape
+    return h * w + (w if h < GRID_SIZE else 0) + (h if w < GRID_SIZE else 0)
+
+
 def rank_rescored(candidates: Sequence[Candidate], log_probs: Sequence[float],
                   weight: float = DEFAULT_WEIGHT) -> list[Candidate]:
-    """The candidates (with their mean log-probabilities, same order) sorted by the module's key:
-    log vote share + weight * lp, then votes, lp, mean q; full ties keep the given order."""
+    """The candidates (with their mean summed log-probabilities, same order) sorted by the module's key:
+    log vote share + weight * N * lp / n, then votes, lp, mean q; full ties keep the given order."""
+    clean = [lp if math.isfinite(lp) or lp == -math.inf else -math.inf  # NaN ranks last, not arbitrarily
+             for lp in log_probs]
+    sizes = [canvas_tokens(c.grid) for c in candidates]
+    scale = max([n for n, lp in zip(sizes, clean) if n and math.isfinite(lp)], default=1)
 
-    def key(pair: tuple[Candidate, float]) -> tuple[float, int, float, float]:
-        candidate, lp = pair
-        lp = lp if math.isfinite(lp) or lp == -math.inf else -math.inf  # NaN ranks last, not arbitrarily
-        if weight == 0:  # 0 * -inf would be NaN: weight 0 means "votes first", whatever lp is
-            combined = math.log(max(candidate.votes, 1))
-        else:
-            combined = math.log(max(candidate.votes, 1)) + weight * lp
+    def key(item: tuple[Candidate, float, int]) -> tuple[float, int, float, float]:
+        candidate, lp, n = item
+        combined = math.log(max(candidate.votes, 1))
+        if weight != 0:  # 0 * -inf would be NaN: weight 0 means "votes first", whatever lp is
+            combined += weight * (scale * lp / n if n and math.isfinite(lp) else -math.inf)
         return combined, candidate.votes, lp, candidate.mean_q
 
-    pairs = sorted(zip(candidates, log_probs), key=key, reverse=True)
-    return [candidate for candidate, _ in pairs]
+    items = sorted(zip(candidates, clean, sizes), key=key, reverse=True)
+    return [candidate for candidate, _, _ in items]
 
 
 def rescore(
