@@ -358,7 +358,7 @@ def main(argv=None) -> int:
             f"{args.curve_variants} variants ({args.variants} at the last point)")
     # Loss from every step (running mean); accuracies only where measured (the history's exact rate is of
     # augmented training batches, not exact_accuracy's identity-variant pairs, so it is left out).
-    losses_line = [{"step": p["step"], "loss": p["loss"]} for p in history_points(history)]
+    losses_line = [{"step": p["step"], "loss": p["loss"]} for p in history_points(history, max_points=60)]
     plot_learning_curve(out / "learning_curve.png", [{k: v for k, v in p.items() if k != "loss"} for p in points]
                         + losses_line, title="Post-training on held-out tasks", note=note)
     print(markdown(report))
