@@ -38,3 +38,17 @@ def every_real_grid(kaggle_tasks: TaskSet, small_tasks: TaskSet) -> list[tuple[s
                     if ex.output is not None:
                         grids.append((f"{task.task_id} {split}[{i}].output", ex.output))
     return grids
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A random, very small TRM saved in our checkpoint format (one ACT step, so CPU voting takes ~1 s)."""
+    import torch
+
+    from trm_kaggle.checkpoint import save_checkpoint
+    from trm_kaggle.model import TinyRecursiveModel, TRMConfig
+
+    torch.manual_seed(0)
+    config = TRMConfig(hidden_size=32, num_heads=2, expansion=2.0, L_layers=1, H_cycles=1, L_cycles=1,
+                       puzzle_emb_len=1, puzzle_emb_ndim=32, halt_max_steps=1, forward_dtype="float32")
+    return save_checkpoint(TinyRecursiveModel(config), tmp_path_factory.mktemp("ckpt") / "tiny")

@@ -4,22 +4,11 @@ import json
 import logging
 
 import pytest
-import torch
 
-from trm_kaggle.checkpoint import save_checkpoint
 from trm_kaggle.cli import main
-from trm_kaggle.model import TinyRecursiveModel, TRMConfig
 from trm_kaggle.submission import validate_submission
 
 from .conftest import KAGGLE_TEST_CHALLENGES, SMALL_CHALLENGES
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    config = TRMConfig(hidden_size=32, num_heads=2, expansion=2.0, L_layers=1, H_cycles=1, L_cycles=1,
-                       puzzle_emb_len=1, puzzle_emb_ndim=32, halt_max_steps=1, forward_dtype="float32")
-    return save_checkpoint(TinyRecursiveModel(config), tmp_path_factory.mktemp("ckpt") / "tiny")
 
 
 def test_predict_on_the_kaggle_placeholder_covers_all_240_tasks_and_259_test_inputs(tiny_checkpoint, tmp_path):
